@@ -1,0 +1,72 @@
+"""The renderer interface every scene backend implements (mesh ground truth, NeRF).
+
+Callers hand a batch of cameras in egosynth's conventions (OpenCV camera-to-world in metres,
+pinhole K in pixels) and get dense frames back. Backends convert to their own conventions
+internally; nothing outside a backend knows about them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True)
+class Label:
+    """One entry of a scene's label table: instance id -> object, part id -> part name."""
+
+    instance_id: int
+    name: str
+    category: str
+    parts: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class Frames:
+    """A batch of N rendered views.
+
+    rgb (N, H, W, 3) uint8; depth (N, H, W) float32 z-depth in metres (0 where nothing was
+    hit); instance (N, H, W) uint16 (0 = background); part (N, H, W) uint8 (0 = no part);
+    accumulation (N, H, W) float32 opacity in [0, 1] (1 everywhere for meshes).
+    """
+
+    rgb: NDArray[np.uint8]
+    depth: NDArray[np.float32]
+    instance: NDArray[np.uint16]
+    part: NDArray[np.uint8]
+    accumulation: NDArray[np.float32]
+
+    def __len__(self) -> int:
+        return int(self.rgb.shape[0])
+
+    @classmethod
+    def empty(cls, n: int, height: int, width: int) -> Frames:
+        return cls(
+            rgb=np.zeros((n, height, width, 3), np.uint8),
+            depth=np.zeros((n, height, width), np.float32),
+            instance=np.zeros((n, height, width), np.uint16),
+            part=np.zeros((n, height, width), np.uint8),
+            accumulation=np.zeros((n, height, width), np.float32),
+        )
+
+
+@runtime_checkable
+class Renderer(Protocol):
+    """A scene that can be rendered from arbitrary pinhole cameras."""
+
+    def render(
+        self,
+        cam_to_world: NDArray[np.floating],
+        K: NDArray[np.floating],
+        width: int,
+        height: int,
+    ) -> Frames:
+        """Render N views: cam_to_world (N, 4, 4) OpenCV, K (3, 3) or (N, 3, 3)."""
+        ...
+
+    def labels(self) -> list[Label]:
+        """The label table for the instance and part ids this renderer emits."""
+        ...
