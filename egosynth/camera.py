@@ -137,7 +137,9 @@ def depth_from_disparity(disparity: ArrayLike, fx: float, baseline: float) -> ND
         return np.where(d > 0, fx * baseline / d, 0.0)
 
 
-def look_at(eye: ArrayLike, target: ArrayLike, up: ArrayLike = (0.0, 0.0, 1.0)) -> NDArray[np.float64]:
+def look_at(
+    eye: ArrayLike, target: ArrayLike, up: ArrayLike = (0.0, 0.0, 1.0)
+) -> NDArray[np.float64]:
     """OpenCV camera-to-world at `eye` looking at `target`, image x axis kept horizontal."""
     eye = np.asarray(eye, dtype=np.float64)
     fwd = np.asarray(target, dtype=np.float64) - eye

@@ -232,12 +232,15 @@ class MotionConfig(_Strict):
         classmethod(lambda cls, d: _fill_preset(d, "motion"))
     )
 
+    @field_validator("walk_speed_mps", "pause_seconds")
+    @classmethod
+    def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] > v[1]:
+            raise ValueError(f"min {v[0]} is greater than max {v[1]}")
+        return v
+
     @model_validator(mode="after")
-    def _ranges(self) -> MotionConfig:
-        for name in ("walk_speed_mps", "pause_seconds"):
-            lo, hi = getattr(self, name)
-            if lo > hi:
-                raise ValueError(f"{name}: min {lo} is greater than max {hi}")
+    def _probabilities(self) -> MotionConfig:
         if self.object_fixation_probability + self.look_ahead_probability > 1.0 + 1e-9:
             raise ValueError("object_fixation_probability + look_ahead_probability must be <= 1")
         return self
@@ -283,7 +286,7 @@ class SceneSetConfig(_Strict):
 
     @property
     def frames_per_clip(self) -> int:
-        return max(1, int(round(self.clip_seconds * self.fps)))
+        return max(1, round(self.clip_seconds * self.fps))
 
 
 # --------------------------------------------------------------------------- loading
@@ -296,7 +299,8 @@ def _read_yaml(path: Path) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "?"
-        raise ConfigError(path, where, "", f"invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        problem = getattr(exc, "problem", exc)
+        raise ConfigError(path, where, "", f"invalid YAML ({problem})") from None
 
 
 def _raise_first(path: Path, exc: ValidationError, data: Any) -> None:

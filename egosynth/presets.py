@@ -10,8 +10,8 @@ from typing import Any
 SOURCES = {
     "dodgson2004": "Dodgson (2004), Variation and extrema of human interpupillary distance, "
     "Proc. SPIE 5291: adult mean IPD 63 mm.",
-    "maclachlan2002": "MacLachlan & Howland (2002), Normal values and standard deviations for pupil "
-    "diameter and interpupillary distance in subjects aged 1 month to 19 years, "
+    "maclachlan2002": "MacLachlan & Howland (2002), Normal values and standard deviations for "
+    "pupil diameter and interpupillary distance in subjects aged 1 month to 19 years, "
     "Ophthalmic Physiol. Opt. 22: IPD about 45 mm at age 1-2.",
     "bohannon1997": "Bohannon (1997), Comfortable and maximum walking speed of adults aged 20-79 "
     "years, Age and Ageing 26: comfortable speed 1.27-1.46 m/s.",
