@@ -1,0 +1,495 @@
+"""The Zarr clip store: the ONE module that imports zarr.
+
+Layout (schema version 1, documented for outsiders in docs/store.md)::
+
+    <name>.zarr/                  root attrs: format, schema_version, egosynth_version,
+                                  fingerprint, set_config, scene_configs, store_status,
+                                  and (written once by the driver at the end) index, labels
+      clips/<clip_id>/            attrs: scene, seed, fps, n_frames, width, height, rig,
+                                  labels, ..., status ("complete" is written last)
+        rgb            (T, 2, H, W, 3) uint8
+        depth          (T, 2, H, W)    float16, z-depth in metres (0 = nothing hit)
+        instance       (T, 2, H, W)    uint16 (0 = background)
+        part           (T, 2, H, W)    uint8  (0 = no part)
+        cam_to_world   (T, 2, 4, 4)    float32, OpenCV camera-to-world, metres
+        intrinsics     (2, 3, 3)       float32, pinhole K in pixels
+        time           (T,)            float64, seconds from clip start
+        head_to_world  (T, 4, 4)       float32
+        fixation_point (T, 3)          float32, world metres
+        fixation_object(T,)            int32, object index (-1 = none)
+        gaze_kind      (T,)            int8 (0 ahead, 1 look-around, 2 object)
+        walking        (T,)            bool
+
+Image arrays are chunked along time only (a chunk holds `chunk_frames` whole stereo frames), so
+a window of frames is a few whole-chunk reads. Every chunk is Blosc-lz4 compressed and carries
+a crc32c checksum, so corruption is detected on read. Every array has `dimension_names`, so
+xarray opens a clip group as a Dataset.
+
+Concurrency: each clip group has exactly ONE writer (one clip = one worker); the root metadata
+is written only by the driver (at the start, and once at the end with the index and the
+consolidated metadata). A clip is visible to readers only once its `status` is "complete".
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.codecs
+from numpy.typing import NDArray
+
+from egosynth import __version__
+from egosynth.errors import EgosynthError
+
+FORMAT = "egosynth-clip-store"
+SCHEMA_VERSION = 1
+CLIPS = "clips"
+COMPLETE = "complete"
+WRITING = "writing"
+TARGET_CHUNK_BYTES = 1 << 20  # ~1 MiB of rgb per chunk: big enough to compress, small to stream
+MAX_CHUNK_FRAMES = 8
+
+# Per-frame image arrays: name -> (dtype, trailing shape after (T, 2, H, W), dimension names).
+IMAGE_ARRAYS: dict[str, tuple[str, tuple[int, ...], tuple[str, ...]]] = {
+    "rgb": ("uint8", (3,), ("time", "eye", "y", "x", "channel")),
+    "depth": ("float16", (), ("time", "eye", "y", "x")),
+    "instance": ("uint16", (), ("time", "eye", "y", "x")),
+    "part": ("uint8", (), ("time", "eye", "y", "x")),
+}
+# Small per-clip arrays: name -> (dtype, shape after T (None = no time axis), dimension names).
+POSE = ("pose_row", "pose_col")
+META_ARRAYS: dict[str, tuple[str, tuple[int, ...], tuple[str, ...]]] = {
+    "cam_to_world": ("float32", (2, 4, 4), ("time", "eye", *POSE)),
+    "time": ("float64", (), ("time",)),
+    "head_to_world": ("float32", (4, 4), ("time", *POSE)),
+    "fixation_point": ("float32", (3,), ("time", "xyz")),
+    "fixation_object": ("int32", (), ("time",)),
+    "gaze_kind": ("int8", (), ("time",)),
+    "walking": ("bool", (), ("time",)),
+}
+INTRINSICS_DIMS = ("eye", "k_row", "k_col")
+ARRAY_NAMES = (*IMAGE_ARRAYS, *META_ARRAYS, "intrinsics")
+
+
+def compressors(cname: str = "lz4", clevel: int = 5) -> list[Any]:
+    """Blosc (byte-shuffled) then a crc32c checksum over the compressed bytes of each chunk."""
+    return [
+        zarr.codecs.BloscCodec(cname=cname, clevel=clevel, shuffle="shuffle"),
+        zarr.codecs.Crc32cCodec(),
+    ]
+
+
+def default_chunk_frames(height: int, width: int) -> int:
+    """Frames per chunk so an rgb chunk is ~1 MiB, between 1 and MAX_CHUNK_FRAMES."""
+    frame_bytes = 2 * height * width * 3
+    return int(min(MAX_CHUNK_FRAMES, max(1, TARGET_CHUNK_BYTES // frame_bytes)))
+
+
+def _local(path: str | Path) -> Path | None:
+    """The local filesystem path of a store, or None for an fsspec URL."""
+    s = str(path)
+    if "://" in s and not s.startswith("file://"):
+        return None
+    return Path(s.removeprefix("file://"))
+
+
+def _open_root(path: str | Path, mode: str = "r") -> zarr.Group:
+    """Open the root group; readers use consolidated metadata when the driver wrote it."""
+    local = _local(path)
+    if local is not None and not (local / "zarr.json").is_file():
+        what = "does not exist" if not local.exists() else "is not a Zarr store (no zarr.json)"
+        raise EgosynthError(f"{path}: {what}")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*onsolidated metadata.*")
+            root = zarr.open_group(
+                str(path), mode=mode, use_consolidated=None if mode == "r" else False
+            )
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise EgosynthError(f"{path}: cannot open as a Zarr store ({exc})") from None
+    attrs = root.attrs.asdict()
+    if attrs.get("format") != FORMAT:
+        raise EgosynthError(f"{path}: not an egosynth clip store (root attr format != {FORMAT!r})")
+    if attrs.get("schema_version") != SCHEMA_VERSION:
+        raise EgosynthError(
+            f"{path}: schema_version = {attrs.get('schema_version')!r}, this egosynth reads "
+            f"{SCHEMA_VERSION}"
+        )
+    return root
+
+
+# --------------------------------------------------------------------------- driver side
+def prepare_store(
+    path: str | Path, fingerprint: str, attrs: Mapping[str, Any], overwrite: bool = False
+) -> None:
+    """Create the store, or reopen one made from the same config, before any clip is written.
+
+    A store made from a different config (other fingerprint or schema) is refused unless
+    `overwrite`; anything at `path` that is not an egosynth store is never touched. Opening
+    drops the consolidated metadata, so readers never trust a stale index while rendering.
+    """
+    local = _local(path)
+    if local is not None and local.exists():
+        if not local.is_dir() or (any(local.iterdir()) and not (local / "zarr.json").is_file()):
+            raise EgosynthError(f"{path}: exists and is not a Zarr store; refusing to touch it")
+    old = _root_attrs(path)
+    if old is not None:
+        if old.get("format") != FORMAT:
+            raise EgosynthError(f"{path}: exists and is not an egosynth clip store")
+        same = old.get("fingerprint") == fingerprint and old.get("schema_version") == SCHEMA_VERSION
+        if not same and not overwrite:
+            raise EgosynthError(
+                f"{path}: store was made from a different config (fingerprint "
+                f"{old.get('fingerprint')!r}, schema {old.get('schema_version')!r}; this config "
+                f"{fingerprint!r}, schema {SCHEMA_VERSION}); use --overwrite to replace it"
+            )
+        if overwrite:
+            _remove_store(path)
+    base = {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "egosynth_version": __version__,
+        "fingerprint": fingerprint,
+        **attrs,
+        "store_status": "rendering",
+    }
+    try:
+        if local is not None:
+            local.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*onsolidated metadata.*")
+            try:
+                root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+                root.attrs.put(base)
+            except FileNotFoundError:
+                root = zarr.open_group(str(path), mode="w", attributes=base)
+            if CLIPS not in root:
+                root.create_group(CLIPS)
+    except OSError as exc:
+        raise EgosynthError(f"{path}: cannot write the store ({exc.strerror or exc})") from None
+
+
+def _root_attrs(path: str | Path) -> dict[str, Any] | None:
+    """Root attrs of an existing Zarr store at `path`, or None when there is none."""
+    local = _local(path)
+    if local is not None and not (local / "zarr.json").is_file():
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*onsolidated metadata.*")
+            return zarr.open_group(str(path), mode="r", use_consolidated=False).attrs.asdict()
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, OSError) as exc:
+        raise EgosynthError(f"{path}: cannot read the existing store ({exc})") from None
+
+
+def _remove_store(path: str | Path) -> None:
+    local = _local(path)
+    if local is not None:
+        shutil.rmtree(local)
+    else:  # fsspec URL: let zarr's store delete every key under it
+        store = zarr.open_group(str(path), mode="r+", use_consolidated=False).store
+        import asyncio
+
+        asyncio.run(store.delete_dir(""))
+
+
+def finalize_store(path: str | Path, planned: Sequence[str]) -> dict[str, Any]:
+    """Write the root index and label table, then consolidate metadata (driver only, once).
+
+    Returns the index: clip id -> summary of every complete clip. `store_status` becomes
+    "complete" when every planned clip is complete.
+    """
+    root = _open_root(path, "r+")
+    index: dict[str, Any] = {}
+    labels: dict[str, Any] = {}
+    clips = root[CLIPS]
+    for cid in sorted(clips.group_keys()):
+        a = clips[cid].attrs.asdict()
+        if a.get("status") != COMPLETE:
+            continue
+        index[cid] = {k: a[k] for k in ("scene", "n_frames", "fps", "width", "height", "seed")}
+        labels.setdefault(a["scene"], a.get("labels", []))
+    done = all(cid in index for cid in planned)
+    attrs = root.attrs.asdict()
+    attrs.update(index=index, labels=labels, store_status=COMPLETE if done else "incomplete")
+    root.attrs.put(attrs)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*onsolidated metadata.*")
+        zarr.consolidate_metadata(str(path))
+    return index
+
+
+def complete_clip_ids(path: str | Path, fingerprint: str | None = None) -> set[str]:
+    """Ids of clips whose status is complete (and, if given, made from `fingerprint`)."""
+    clips = _open_root(path, "r+")[CLIPS]
+    out = set()
+    for cid in clips.group_keys():
+        a = clips[cid].attrs.asdict()
+        if a.get("status") == COMPLETE and (
+            fingerprint is None or a.get("fingerprint") == fingerprint
+        ):
+            out.add(cid)
+    return out
+
+
+# --------------------------------------------------------------------------- worker side
+class ClipWriter:
+    """Writes ONE clip group. Create, write frame batches and poses, then `complete()`.
+
+    Creating the writer deletes any partial group left by an earlier, interrupted attempt, so
+    a redone clip is byte-identical to one written in a single pass.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        clip_id: str,
+        n_frames: int,
+        height: int,
+        width: int,
+        attrs: Mapping[str, Any],
+        chunk_frames: int | None = None,
+        cname: str = "lz4",
+    ) -> None:
+        self.path, self.clip_id, self.n_frames = str(path), clip_id, n_frames
+        self.chunk_frames = chunk_frames or default_chunk_frames(height, width)
+        self.attrs = {
+            "clip_id": clip_id,
+            **attrs,
+            "n_frames": n_frames,
+            "height": height,
+            "width": width,
+            "chunk_frames": self.chunk_frames,
+            "schema_version": SCHEMA_VERSION,
+        }
+        root = _open_root(self.path, "r+")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*onsolidated metadata.*")
+            self.group = root[CLIPS].create_group(
+                clip_id, overwrite=True, attributes={**self.attrs, "status": WRITING}
+            )
+        T, tc, comp = n_frames, self.chunk_frames, compressors(cname)
+        self.arrays: dict[str, zarr.Array] = {}
+        for name, (dtype, tail, dims) in IMAGE_ARRAYS.items():
+            shape = (T, 2, height, width, *tail)
+            self.arrays[name] = self.group.create_array(
+                name,
+                shape=shape,
+                chunks=(tc, *shape[1:]),
+                dtype=dtype,
+                compressors=comp,
+                fill_value=0,
+                dimension_names=dims,
+            )
+        for name, (dtype, tail, dims) in META_ARRAYS.items():
+            shape = (T, *tail)  # tiny: one chunk for the whole clip
+            self.arrays[name] = self.group.create_array(
+                name,
+                shape=shape,
+                chunks=shape,
+                dtype=dtype,
+                compressors=comp,
+                fill_value=False if dtype == "bool" else 0,
+                dimension_names=dims,
+            )
+        self.arrays["intrinsics"] = self.group.create_array(
+            "intrinsics",
+            shape=(2, 3, 3),
+            chunks=(2, 3, 3),
+            dtype="float32",
+            compressors=comp,
+            fill_value=0,
+            dimension_names=INTRINSICS_DIMS,
+        )
+
+    def write_frames(self, start: int, frames: Mapping[str, NDArray]) -> None:
+        """Write stereo frames [start, start + n) of every image array; (n, 2, H, W, ...) each.
+
+        Batches should start on chunk boundaries (multiples of `chunk_frames`) so that each
+        chunk is written once.
+        """
+        for name in IMAGE_ARRAYS:
+            data = np.asarray(frames[name])
+            self.arrays[name][start : start + len(data)] = data.astype(
+                IMAGE_ARRAYS[name][0], copy=False
+            )
+
+    def write_meta(self, arrays: Mapping[str, NDArray], intrinsics: NDArray) -> None:
+        """Write the per-frame pose/gaze arrays (names of META_ARRAYS) and the (2, 3, 3) K."""
+        for name, (dtype, _, _) in META_ARRAYS.items():
+            self.arrays[name][...] = np.asarray(arrays[name]).astype(dtype, copy=False)
+        self.arrays["intrinsics"][...] = np.asarray(intrinsics, np.float32)
+
+    def complete(self, extra_attrs: Mapping[str, Any] | None = None) -> None:
+        """Mark the clip complete: the LAST write, after every array is on disk."""
+        self.group.attrs.put({**self.attrs, **(extra_attrs or {}), "status": COMPLETE})
+
+
+# --------------------------------------------------------------------------- reader API
+@dataclass(frozen=True)
+class Clip:
+    """One clip of a store. Arrays are lazy zarr arrays; `read` loads a time range."""
+
+    clip_id: str
+    attrs: dict[str, Any]
+    group: zarr.Group
+
+    @property
+    def scene(self) -> str:
+        return str(self.attrs["scene"])
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.attrs["n_frames"])
+
+    @property
+    def fps(self) -> float:
+        return float(self.attrs["fps"])
+
+    @property
+    def complete(self) -> bool:
+        return self.attrs.get("status") == COMPLETE
+
+    def array(self, name: str) -> zarr.Array:
+        """The lazy zarr array `name` (one of ARRAY_NAMES); index it to read."""
+        if name not in ARRAY_NAMES:
+            raise EgosynthError(f"clip {self.clip_id}: unknown array {name!r} (have {ARRAY_NAMES})")
+        return self.group[name]
+
+    def read(
+        self, start: int = 0, stop: int | None = None, names: Sequence[str] | None = None
+    ) -> dict[str, NDArray]:
+        """Frames [start, stop) of the per-frame arrays `names` (default: all), plus intrinsics.
+
+        Checksums are verified on every chunk read; a corrupt chunk raises EgosynthError
+        naming the clip and array.
+        """
+        stop = self.n_frames if stop is None else stop
+        if not 0 <= start <= stop <= self.n_frames:
+            raise EgosynthError(
+                f"clip {self.clip_id}: frame range [{start}, {stop}) outside [0, {self.n_frames})"
+            )
+        out = {}
+        for name in names or ARRAY_NAMES:
+            sel = slice(None) if name == "intrinsics" else slice(start, stop)
+            out[name] = _read(self.array(name), sel, f"clip {self.clip_id}/{name}")
+        return out
+
+
+def _read(arr: zarr.Array, sel: Any, what: str) -> NDArray:
+    try:
+        return arr[sel]
+    except (ValueError, RuntimeError, OSError) as exc:
+        msg = str(exc).split("\n")[0]
+        raise EgosynthError(f"{what}: corrupt or unreadable chunk ({msg})") from None
+
+
+class ClipStore:
+    """Read access to an egosynth clip store (local path or fsspec URL).
+
+    >>> store = ClipStore("outputs/demo.zarr")
+    >>> for cid in store.clip_ids():            # complete clips only
+    ...     clip = store.clip(cid)
+    ...     window = clip.read(0, 8, ["rgb", "depth"])   # rgb (8, 2, H, W, 3)
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self.root = _open_root(path, "r")
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self.root.attrs.asdict()
+
+    def clip_ids(self, include_incomplete: bool = False) -> list[str]:
+        """Sorted ids of complete clips (or of every clip group, complete or not)."""
+        if CLIPS not in self.root:
+            return []
+        clips = self.root[CLIPS]
+        ids = sorted(clips.group_keys())
+        if include_incomplete:
+            return ids
+        return [c for c in ids if clips[c].attrs.get("status") == COMPLETE]
+
+    def clip(self, clip_id: str, allow_incomplete: bool = False) -> Clip:
+        """Open one clip lazily. Incomplete clips are refused unless `allow_incomplete`."""
+        try:
+            group = self.root[f"{CLIPS}/{clip_id}"]
+        except KeyError:
+            raise EgosynthError(f"{self.path}: no clip {clip_id!r}") from None
+        clip = Clip(clip_id, group.attrs.asdict(), group)
+        if not clip.complete and not allow_incomplete:
+            raise EgosynthError(f"{self.path}: clip {clip_id!r} is not complete")
+        return clip
+
+    def __iter__(self) -> Iterator[Clip]:
+        return (self.clip(c) for c in self.clip_ids())
+
+    def nbytes_stored(self, clip_id: str) -> int | None:
+        """Bytes on disk of a clip group (local stores only; None for URLs)."""
+        local = _local(self.path)
+        if local is None:
+            return None
+        return sum(f.stat().st_size for f in (local / CLIPS / clip_id).rglob("*") if f.is_file())
+
+    def validate(
+        self, on_chunk: Callable[[], None] | None = None, clip_ids: Sequence[str] | None = None
+    ) -> list[str]:
+        """Read every chunk of every clip, verifying checksums and shapes.
+
+        Returns one line per problem (empty = valid). `on_chunk` is called after each chunk
+        (for a progress bar); `n_chunks` gives the total.
+        """
+        problems = []
+        for cid in clip_ids if clip_ids is not None else self.clip_ids(include_incomplete=True):
+            clip = self.clip(cid, allow_incomplete=True)
+            if not clip.complete:
+                problems.append(f"clip {cid}: status {clip.attrs.get('status')!r}, not complete")
+                continue
+            for name in ARRAY_NAMES:
+                try:
+                    arr = clip.array(name)
+                except KeyError:
+                    problems.append(f"clip {cid}/{name}: array missing")
+                    continue
+                if name != "intrinsics" and arr.shape[0] != clip.n_frames:
+                    problems.append(
+                        f"clip {cid}/{name}: {arr.shape[0]} frames, expected {clip.n_frames}"
+                    )
+                for sel, key in _chunk_selections(arr):
+                    try:
+                        _read(arr, sel, f"{self.path}/{CLIPS}/{cid}/{name}/c/{key}")
+                    except EgosynthError as exc:
+                        problems.append(str(exc))
+                    if on_chunk:
+                        on_chunk()
+        return problems
+
+    def n_chunks(self, clip_ids: Sequence[str] | None = None) -> int:
+        total = 0
+        for cid in clip_ids if clip_ids is not None else self.clip_ids(include_incomplete=True):
+            clip = self.clip(cid, allow_incomplete=True)
+            if clip.complete:
+                for name in ARRAY_NAMES:
+                    if name in clip.group:
+                        total += math.prod(clip.group[name].cdata_shape)
+        return total
+
+
+def _chunk_selections(arr: zarr.Array) -> Iterator[tuple[tuple[slice, ...], str]]:
+    """(selection, chunk key) for every chunk of an array, in C order."""
+    for idx in np.ndindex(*arr.cdata_shape):
+        sel = tuple(
+            slice(i * c, min((i + 1) * c, s))
+            for i, c, s in zip(idx, arr.chunks, arr.shape, strict=True)
+        )
+        yield sel, "/".join(map(str, idx))

@@ -1,0 +1,65 @@
+"""A tiny deterministic renderer for store/orchestration tests that must not wait on a backend.
+
+Every pixel is an analytic function of the camera position and the pixel index, so two renders
+of the same cameras are bit-identical and a frame's content identifies which camera made it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from egosynth.render.base import Frames, Label, Renderer
+
+
+class FakeRenderer:
+    """rgb encodes the camera centre; depth = 1 + distance of the camera from the origin."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+
+    def render(self, cam_to_world, K, width, height) -> Frames:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        c2w = np.asarray(cam_to_world, np.float64)
+        n = len(c2w)
+        out = Frames.empty(n, height, width)
+        jj, ii = np.meshgrid(np.arange(width), np.arange(height))
+        for k in range(n):
+            x, y, z = c2w[k, :3, 3]
+            out.rgb[k, ..., 0] = (np.floor(x * 100) + jj) % 256
+            out.rgb[k, ..., 1] = (np.floor(y * 100) + ii) % 256
+            out.rgb[k, ..., 2] = np.floor(z * 100) % 256
+            out.depth[k] = 1.0 + float(np.linalg.norm([x, y, z])) + 0.01 * ii
+            out.instance[k] = (jj // 8 + ii // 8) % 3
+            out.part[k] = (out.instance[k] == 2).astype(np.uint8)
+            out.accumulation[k] = 1.0
+        return out
+
+    def labels(self) -> list[Label]:
+        return [Label(1, "box_0", "box"), Label(2, "dog_0", "dog", {1: "head"})]
+
+
+class SlowRenderer:
+    """Wraps a real renderer and sleeps before each batch, to make mid-clip faults reachable."""
+
+    def __init__(self, inner: Renderer, delay_s: float) -> None:
+        self.inner, self.delay_s = inner, delay_s
+
+    def render(self, cam_to_world, K, width, height) -> Frames:
+        time.sleep(self.delay_s)
+        return self.inner.render(cam_to_world, K, width, height)
+
+    def labels(self) -> list[Label]:
+        return self.inner.labels()
+
+
+def fake_factory(scene, device=None) -> FakeRenderer:
+    return FakeRenderer()
+
+
+def slow_real_factory(scene, device=None) -> SlowRenderer:
+    from egosynth.render import open_renderer
+
+    return SlowRenderer(open_renderer(scene, device), 0.25)
