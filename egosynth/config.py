@@ -38,14 +38,14 @@ Vec3 = tuple[Finite, Finite, Finite]
 PresetName = Literal["adult", "toddler"]
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     """Unknown keys are errors: a typo must not silently fall back to a default."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # --------------------------------------------------------------------------- scene
-class OrientedBox(_Strict):
+class OrientedBox(StrictModel):
     """A box in world metres: centre, full side lengths, rotation about +Z in degrees."""
 
     center: Vec3
@@ -97,7 +97,7 @@ def _check_polygon(points: list[tuple[float, float]]) -> list[tuple[float, float
 Polygon2 = Annotated[list[Vec2], Field(min_length=0)]
 
 
-class Obstacle(_Strict):
+class Obstacle(StrictModel):
     """A footprint on the floor that a walker must avoid."""
 
     polygon: Polygon2
@@ -106,7 +106,7 @@ class Obstacle(_Strict):
     _poly = field_validator("polygon")(classmethod(lambda cls, v: _check_polygon(v)))
 
 
-class Similarity(_Strict):
+class Similarity(StrictModel):
     """world = scale * rotation @ scene + translation (scene frame -> metric world frame)."""
 
     scale: PositiveFloat = 1.0
@@ -129,7 +129,7 @@ class Similarity(_Strict):
         return T
 
 
-class SceneConfig(_Strict):
+class SceneConfig(StrictModel):
     """One scene: where its appearance comes from, and its metric annotations.
 
     backend "mesh": a procedural scene (ground truth), rebuilt from `procedural` settings.
@@ -193,7 +193,7 @@ def _fill_preset(data: Any, section: str) -> Any:
     return {**PRESETS[preset][section], **data}
 
 
-class RigConfig(_Strict):
+class RigConfig(StrictModel):
     """The observer's eyes. Eye index 0 = left, 1 = right."""
 
     preset: PresetName = "adult"
@@ -208,7 +208,7 @@ class RigConfig(_Strict):
 SpeedRange = tuple[PositiveFloat, PositiveFloat]
 
 
-class MotionConfig(_Strict):
+class MotionConfig(StrictModel):
     """Parameters of the egocentric motion model (egosynth.motion). Defaults: presets.py."""
 
     preset: PresetName = "adult"
@@ -247,12 +247,12 @@ class MotionConfig(_Strict):
 
 
 # --------------------------------------------------------------------------- scene set
-class Resolution(_Strict):
+class Resolution(StrictModel):
     width: Annotated[int, Field(gt=0, le=8192)]
     height: Annotated[int, Field(gt=0, le=8192)]
 
 
-class SceneSetConfig(_Strict):
+class SceneSetConfig(StrictModel):
     """What to render: scenes x clips, clip length, frame rate, image size, rig, motion, seed."""
 
     name: str = Field(min_length=1)
@@ -290,7 +290,7 @@ class SceneSetConfig(_Strict):
 
 
 # --------------------------------------------------------------------------- loading
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise ConfigError(path, "", str(path), "file not found")
     try:
@@ -326,7 +326,7 @@ def validate(model: type[BaseModel], data: Any, path: Path) -> Any:
 def load_scene(path: str | Path) -> SceneConfig:
     """Load and validate a scene config."""
     path = Path(path).resolve()
-    scene = validate(SceneConfig, _read_yaml(path), path)
+    scene = validate(SceneConfig, read_yaml(path), path)
     scene._source = path
     return scene
 
@@ -334,7 +334,7 @@ def load_scene(path: str | Path) -> SceneConfig:
 def load_scene_set(path: str | Path) -> SceneSetConfig:
     """Load a scene set and every scene it lists (scene paths are relative to the set file)."""
     path = Path(path).resolve()
-    sset = validate(SceneSetConfig, _read_yaml(path), path)
+    sset = validate(SceneSetConfig, read_yaml(path), path)
     sset._source = path
     scenes = []
     for i, rel in enumerate(sset.scenes):

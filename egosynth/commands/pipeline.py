@@ -1,11 +1,43 @@
-"""`egosynth pipeline`: Run a declarative render-train-eval pipeline."""
+"""`egosynth pipeline run <file>`: run a declarative render -> train -> eval pipeline."""
 
 from __future__ import annotations
 
 import argparse
-
-from egosynth.commands import add_stub
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    add_stub(sub, "pipeline", "Run a declarative render-train-eval pipeline", "issue 9")
+    p = sub.add_parser(
+        "pipeline",
+        help="Run a declarative render-train-eval pipeline (finished stages are cached)",
+        description="Run the stages of a pipeline YAML (see pipelines/) in dependency order. "
+        "A stage whose inputs are unchanged and whose outputs exist is skipped on rerun.",
+    )
+    ps = p.add_subparsers(dest="action", metavar="<action>", required=True)
+    r = ps.add_parser("run", help="run a pipeline")
+    r.add_argument("file", type=Path)
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a pipeline variable (repeatable)")
+    r.add_argument("--force", action="store_true", help="rerun every stage")
+    r.set_defaults(func=run)
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    from egosynth.errors import EgosynthError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise EgosynthError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from egosynth.pipeline import run_pipeline
+
+    results = run_pipeline(args.file, parse_overrides(args.set), force=args.force)
+    for r in results:
+        print(f"  {r.name:<16} {r.status:<8} {r.seconds:7.1f} s  {', '.join(map(str, r.outputs))}")
+    return 0
