@@ -1,0 +1,345 @@
+"""Distributed rendering on Ray: the ONE module that imports ray.
+
+The driver plans clips (egosynth.plan), skips those already complete in the store, and hands
+the rest to one actor per device. An actor keeps its scenes' renderers warm between clips and
+renders a clip with `egosynth.render_clip.render_clip` (the same function a single process
+uses), so each clip has exactly one writer. The driver owns the store's root metadata: it
+prepares the store before any work and writes the index and consolidated metadata at the end.
+
+Faults: a call that fails because its actor died (SIGKILL, OOM, lost node) restarts the actor
+(Ray `max_restarts`) and requeues the clip; an exception inside a clip requeues it too. After
+`max_attempts` attempts a clip is reported as failed while the others complete.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import ray
+from tqdm import tqdm
+
+from egosynth.config import SceneConfig, SceneSetConfig
+from egosynth.errors import EgosynthError
+from egosynth.plan import ClipPlan, plan_clips
+from egosynth.render.base import Renderer
+from egosynth.render_clip import config_fingerprint, render_clip, store_attrs
+
+Device = Literal["auto", "gpu", "cpu"]
+RendererFactory = Callable[[SceneConfig, str | None], Renderer]
+ACTOR_MAX_RESTARTS = 4  # per actor; beyond that the actor is retired
+MAX_WARM_SCENES = 4  # renderers an actor keeps loaded (NeRF bundles hold GPU memory)
+
+
+def _open_renderer(scene: SceneConfig, device: str | None) -> Renderer:
+    from egosynth.render import open_renderer
+
+    return open_renderer(scene, device)
+
+
+@dataclass
+class RenderReport:
+    """Outcome of one `render_set` run."""
+
+    planned: int
+    skipped: int  # already complete before this run
+    done: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # clip id -> last error (one line)
+    frames: int = 0
+    seconds: float = 0.0
+    render_s: float = 0.0
+    write_s: float = 0.0
+    retries: int = 0
+    actor_restarts: int = 0
+    workers: int = 0
+    device: str = "cpu"
+    gpu_ids: list[list[Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+# --------------------------------------------------------------------------- placement
+def worker_plan(
+    resources: dict[str, float], workers: int | None, device: Device = "auto"
+) -> tuple[int, dict[str, Any], str]:
+    """(number of actors, Ray actor options, "gpu"|"cpu") for a cluster's resources.
+
+    One actor per GPU when the cluster has GPUs (or `device="gpu"`), else one per CPU. A
+    request for GPUs on a cluster without any is an error here, not a task that waits forever.
+    """
+    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+    if workers is not None and workers < 1:
+        raise EgosynthError(f"--workers = {workers}: must be at least 1")
+    if device == "gpu" and gpus < 1:
+        raise EgosynthError("--device = 'gpu': the Ray cluster has no GPU resources")
+    if device != "cpu" and gpus >= 1:
+        n = gpus if workers is None else min(workers, gpus)
+        return n, {"num_gpus": 1, "num_cpus": 1}, "gpu"
+    if cpus < 1:
+        raise EgosynthError("the Ray cluster has no CPU resources to run workers on")
+    n = cpus if workers is None else min(workers, cpus)
+    return n, {"num_cpus": 1}, "cpu"
+
+
+class _Worker:
+    """One per device. Renders whole clips; keeps up to MAX_WARM_SCENES renderers loaded."""
+
+    def __init__(
+        self,
+        sset: SceneSetConfig,
+        store_path: str,
+        factory: RendererFactory,
+        chunk_frames: int | None,
+    ) -> None:
+        # Nothing heavy here: a failing constructor would make Ray restart the actor in a loop.
+        self.sset, self.store_path, self.factory = sset, store_path, factory
+        self.chunk_frames = chunk_frames
+        self.renderers: dict[str, Renderer] = {}
+
+    def info(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "gpu_ids": list(ray.get_gpu_ids())}
+
+    def warm_scenes(self) -> list[str]:
+        return list(self.renderers)
+
+    def render(self, plan: ClipPlan) -> dict[str, Any]:
+        scene = self.sset.scene_configs[plan.scene_index]
+        renderer = self.renderers.pop(scene.name, None)
+        if renderer is None:
+            device = "cuda" if ray.get_gpu_ids() else None
+            renderer = self.factory(scene, device)
+        self.renderers[scene.name] = renderer  # most recently used last
+        while len(self.renderers) > MAX_WARM_SCENES:
+            self.renderers.pop(next(iter(self.renderers)))
+        stats = render_clip(self.sset, plan, self.store_path, renderer, self.chunk_frames)
+        return {**stats.__dict__, "pid": os.getpid(), "scene": scene.name}
+
+
+# --------------------------------------------------------------------------- cluster
+class _Cluster:
+    """Join `address` (or RAY_ADDRESS), reuse an initialised Ray, or start a local cluster."""
+
+    def __init__(self, address: str | None, num_cpus: int | None) -> None:
+        self.started = False
+        if ray.is_initialized():
+            return
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        kw: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR"}
+        try:
+            if address:
+                ray.init(address=address, **kw)
+            else:
+                ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kw)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = address or "a local cluster"
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EgosynthError(f"Ray: cannot start or join {where} ({msg})") from None
+        self.started = True
+
+    def close(self) -> None:
+        if self.started:
+            ray.shutdown()
+
+
+def _one_line(exc: BaseException) -> str:
+    """The last meaningful line of a (possibly remote) exception."""
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = exc.cause if exc.cause is not None else exc
+        text = f"{type(cause).__name__}: {cause}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+# --------------------------------------------------------------------------- driver
+def render_set(
+    sset: SceneSetConfig,
+    store_path: str | Path,
+    *,
+    clips_per_scene: int | None = None,
+    workers: int | None = None,
+    overwrite: bool = False,
+    address: str | None = None,
+    device: Device = "auto",
+    max_attempts: int = 3,
+    chunk_frames: int | None = None,
+    renderer_factory: RendererFactory | None = None,
+    progress: bool = True,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+    on_start: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> RenderReport:
+    """Render every planned clip of `sset` that the store does not hold complete yet.
+
+    `on_start(worker_infos)` is called once the actors are up (pid, gpu_ids each) and
+    `on_result(stats)` after each finished clip; both are hooks for tools and tests.
+    """
+    from egosynth.store import complete_clip_ids, finalize_store, prepare_store
+
+    store_path = str(store_path)
+    fp = config_fingerprint(sset)
+    prepare_store(store_path, fp, store_attrs(sset), overwrite=overwrite)
+    plans = plan_clips(sset, clips_per_scene)
+    complete = complete_clip_ids(store_path, fp)
+    todo = [p for p in plans if p.clip_id not in complete]
+    report = RenderReport(planned=len(plans), skipped=len(plans) - len(todo))
+    if todo:
+        cluster = _Cluster(address, workers)
+        try:
+            _run(
+                sset,
+                store_path,
+                todo,
+                report,
+                workers,
+                device,
+                max_attempts,
+                chunk_frames,
+                renderer_factory or _open_renderer,
+                progress,
+                on_result,
+                on_start,
+            )
+        finally:
+            cluster.close()
+    finalize_store(store_path, [p.clip_id for p in plans])
+    return report
+
+
+@dataclass
+class _Slot:
+    actor: Any
+    deaths: int = 0
+    retired: bool = False
+    warm: set[str] = field(default_factory=set)
+
+
+def _run(
+    sset: SceneSetConfig,
+    store_path: str,
+    todo: list[ClipPlan],
+    report: RenderReport,
+    workers: int | None,
+    device: Device,
+    max_attempts: int,
+    chunk_frames: int | None,
+    factory: RendererFactory,
+    progress: bool,
+    on_result: Callable[[dict[str, Any]], None] | None,
+    on_start: Callable[[list[dict[str, Any]]], None] | None,
+) -> None:
+    n, options, kind = worker_plan(ray.cluster_resources(), workers, device)
+    n = min(n, len(todo))
+    report.workers, report.device = n, kind
+    remote_cls = ray.remote(max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=0, **options)(_Worker)
+    slots = [_Slot(remote_cls.remote(sset, store_path, factory, chunk_frames)) for _ in range(n)]
+    t0 = time.perf_counter()
+    bar = tqdm(
+        total=len(todo), unit="clip", desc="render", disable=not progress, dynamic_ncols=True
+    )
+    try:
+        infos = ray.get([s.actor.info.remote() for s in slots])
+        report.gpu_ids = [i["gpu_ids"] for i in infos]
+        if on_start:
+            on_start(infos)
+        _drive(slots, todo, report, max_attempts, bar, t0, on_result)
+    finally:
+        bar.close()
+        for s in slots:  # actors hold renderers (and GPU memory): free them now
+            ray.kill(s.actor, no_restart=True)
+    report.seconds = time.perf_counter() - t0
+
+
+def _drive(
+    slots: list[_Slot],
+    todo: list[ClipPlan],
+    report: RenderReport,
+    max_attempts: int,
+    bar: tqdm,
+    t0: float,
+    on_result: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    pending: deque[ClipPlan] = deque(todo)
+    attempts: dict[str, int] = {}
+    inflight: dict[Any, tuple[int, ClipPlan]] = {}
+    idle = list(range(len(slots)))
+
+    def fail_or_requeue(plan: ClipPlan, err: str) -> None:
+        if attempts[plan.clip_id] >= max_attempts:
+            report.failed[plan.clip_id] = err
+            bar.update(1)
+        else:
+            report.retries += 1
+            pending.appendleft(plan)
+
+    while pending or inflight:
+        while idle and pending:
+            i = idle.pop(0)
+            plan = _pick(pending, slots[i].warm)
+            attempts[plan.clip_id] = attempts.get(plan.clip_id, 0) + 1
+            inflight[slots[i].actor.render.remote(plan)] = (i, plan)
+        if not inflight:  # every actor retired: nothing can make progress
+            for plan in pending:
+                report.failed[plan.clip_id] = "no live workers left (all actors died)"
+            pending.clear()
+            break
+        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+        for ref in ready:
+            i, plan = inflight.pop(ref)
+            slot = slots[i]
+            try:
+                res = ray.get(ref)
+            except ray.exceptions.ActorUnavailableError as exc:
+                # The actor may still be alive and writing: kill it so the clip never has two
+                # writers, then let Ray restart it.
+                ray.kill(slot.actor, no_restart=False)
+                _actor_died(slot, report)
+                fail_or_requeue(plan, f"worker unavailable: {_one_line(exc)}")
+            except ray.exceptions.RayActorError as exc:
+                _actor_died(slot, report)
+                fail_or_requeue(plan, f"worker died: {_one_line(exc)}")
+            except ray.exceptions.RayTaskError as exc:
+                fail_or_requeue(plan, _one_line(exc))
+            else:
+                slot.warm.add(res["scene"])
+                report.done.append(plan.clip_id)
+                report.frames += res["frames"]
+                report.render_s += res["render_s"]
+                report.write_s += res["write_s"]
+                bar.update(1)
+                if on_result:
+                    on_result(res)
+            if not slot.retired:
+                idle.append(i)
+        elapsed = max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(
+            fps=f"{report.frames / elapsed:.1f}",
+            retries=report.retries,
+            restarts=report.actor_restarts,
+            failed=len(report.failed),
+            refresh=False,
+        )
+
+
+def _actor_died(slot: _Slot, report: RenderReport) -> None:
+    slot.deaths += 1
+    slot.warm.clear()
+    report.actor_restarts += 1
+    if slot.deaths > ACTOR_MAX_RESTARTS:
+        slot.retired = True
+
+
+def _pick(pending: deque[ClipPlan], warm: set[str]) -> ClipPlan:
+    """Prefer a clip whose scene this actor already has loaded (no bundle reload)."""
+    for k, plan in enumerate(pending):
+        if plan.scene in warm:
+            del pending[k]
+            return plan
+    return pending.popleft()
