@@ -1,0 +1,78 @@
+"""Pipeline runner: dependency order, caching, invalidation, errors (with cheap stages)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from egosynth.cli import main
+from egosynth.config import DEFAULT_SCENE_SET
+from egosynth.errors import ConfigError, EgosynthError
+from egosynth.pipeline import run_pipeline
+
+
+def write(tmp: Path, stages: dict, vars: dict | None = None) -> Path:
+    p = tmp / "pipe.yaml"
+    doc = {"name": "t", "workdir": str(tmp / "work"), "vars": vars or {"clips": 1},
+           "stages": stages}
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+STAGES = {
+    "b": {"command": "trajectory", "needs": ["a"],
+          "args": [str(DEFAULT_SCENE_SET), "--clips", "{clips}", "--out", "{workdir}/b.npz"],
+          "outputs": ["{workdir}/b.npz"]},
+    "a": {"command": "trajectory",
+          "args": [str(DEFAULT_SCENE_SET), "--clips", "{clips}", "--out", "{workdir}/a.npz"],
+          "outputs": ["{workdir}/a.npz"]},
+}
+
+
+def test_runs_in_order_then_skips_then_reruns_on_change(tmp_path: Path) -> None:
+    p = write(tmp_path, STAGES)
+    first = run_pipeline(p, log=lambda *_: None)
+    assert [r.name for r in first] == ["a", "b"] and {r.status for r in first} == {"ran"}
+    mtime = (tmp_path / "work" / "b.npz").stat().st_mtime_ns
+    again = run_pipeline(p, log=lambda *_: None)
+    assert [r.status for r in again] == ["skipped", "skipped"]
+    assert (tmp_path / "work" / "b.npz").stat().st_mtime_ns == mtime
+    # A changed variable changes a's arguments, so a and everything after it rerun.
+    changed = run_pipeline(p, overrides={"clips": "2"}, log=lambda *_: None)
+    assert [r.status for r in changed] == ["ran", "ran"]
+    # A missing output forces its stage (only) to rerun.
+    (tmp_path / "work" / "b.npz").unlink()
+    partial = run_pipeline(p, overrides={"clips": "2"}, log=lambda *_: None)
+    assert [r.status for r in partial] == ["skipped", "ran"]
+
+
+def test_failing_stage_is_one_line_error_and_not_marked_done(tmp_path: Path) -> None:
+    stages = {"a": {"command": "trajectory", "args": ["missing.yaml", "--out", "{workdir}/a"]}}
+    p = write(tmp_path, stages)
+    with pytest.raises(EgosynthError, match="stage 'a'.*failed"):
+        run_pipeline(p, log=lambda *_: None)
+    assert not (tmp_path / "work" / ".stages" / "a.json").exists()
+
+
+@pytest.mark.parametrize(
+    "stages,field",
+    [
+        ({"a": {"command": "teleport"}}, "stages.a.command"),
+        ({"a": {"command": "trajectory", "needs": ["zz"]}}, "stages"),
+        ({"a": {"command": "trajectory", "needs": ["b"]},
+          "b": {"command": "trajectory", "needs": ["a"]}}, "cycle"),
+        ({"a": {"command": "trajectory", "args": ["{nope}"]}}, "stages.a.args"),
+    ],
+)
+def test_bad_pipelines(tmp_path: Path, stages: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        run_pipeline(write(tmp_path, stages), log=lambda *_: None)
+
+
+def test_pipeline_cli_set_override(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    p = write(tmp_path, {"a": STAGES["a"]})
+    assert main(["pipeline", "run", str(p), "--set", "clips=1"]) == 0
+    assert main(["pipeline", "run", str(p), "--set", "clips"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
