@@ -51,7 +51,7 @@ def test_runs_in_order_then_skips_then_reruns_on_change(tmp_path: Path) -> None:
 def test_failing_stage_is_one_line_error_and_not_marked_done(tmp_path: Path) -> None:
     stages = {"a": {"command": "trajectory", "args": ["missing.yaml", "--out", "{workdir}/a"]}}
     p = write(tmp_path, stages)
-    with pytest.raises(EgosynthError, match="stage 'a'.*failed"):
+    with pytest.raises(EgosynthError, match=r"stage 'a'.*failed"):
         run_pipeline(p, log=lambda *_: None)
     assert not (tmp_path / "work" / ".stages" / "a.json").exists()
 

@@ -17,3 +17,16 @@ def test_ci_runs_the_readme_test_command() -> None:
     readme = _command_lines((ROOT / "README.md").read_text())
     assert len(ci) == 1 and ci <= readme, (ci, readme)
     assert "pytest" in next(iter(ci)) and "ruff check" in next(iter(ci))
+
+
+def test_dockerfiles_lint_clean() -> None:
+    """hadolint (from the test extra) passes on every Dockerfile, with .hadolint.yaml."""
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    files = sorted(str(p) for p in (ROOT / "docker").glob("Dockerfile*"))
+    assert files
+    r = subprocess.run([exe, *files], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
