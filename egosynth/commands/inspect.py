@@ -1,11 +1,83 @@
-"""`egosynth inspect`: Summarise a clip store (and validate its checksums)."""
+"""`egosynth inspect`: summarise a clip store (and validate its checksums)."""
 
 from __future__ import annotations
 
 import argparse
-
-from egosynth.commands import add_stub
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    add_stub(sub, "inspect", "Summarise a clip store (and validate its checksums)", "issue 5")
+    p = sub.add_parser(
+        "inspect",
+        help="Summarise a clip store (and validate its checksums)",
+        description="Print a table of the clips in a store: scene, frames, size on disk and "
+        "completeness. --validate reads every chunk and verifies its crc32c checksum.",
+    )
+    p.add_argument("store", help="store path or fsspec URL")
+    p.add_argument("--validate", action="store_true", help="read every chunk, verify checksums")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from egosynth.store import ClipStore
+
+    store = ClipStore(args.store)
+    a = store.attrs
+    ids = store.clip_ids(include_incomplete=True)
+    print(
+        f"{args.store}: schema {a.get('schema_version')}, set {a.get('set_name')!r}, "
+        f"fingerprint {a.get('fingerprint')}, store_status {a.get('store_status')}"
+    )
+    rows = [("clip", "scene", "frames", "size", "WxH", "fps", "status")]
+    total_frames, total_bytes, n_complete = 0, 0, 0
+    for cid in ids:
+        clip = store.clip(cid, allow_incomplete=True)
+        c = clip.attrs
+        nbytes = store.nbytes_stored(cid)
+        total_bytes += nbytes or 0
+        if clip.complete:
+            n_complete += 1
+            total_frames += clip.n_frames
+        rows.append(
+            (
+                cid,
+                str(c.get("scene", "?")),
+                str(c.get("n_frames", "?")),
+                _size(nbytes),
+                f"{c.get('width', '?')}x{c.get('height', '?')}",
+                f"{c.get('fps', '?')}",
+                str(c.get("status", "?")),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    print(
+        f"{n_complete}/{len(ids)} clips complete, {total_frames} stereo frames, "
+        f"{_size(total_bytes)} on disk"
+    )
+    if not args.validate:
+        return 0
+    with tqdm(
+        total=store.n_chunks(), unit="chunk", desc="validate", disable=args.no_progress
+    ) as bar:
+        problems = store.validate(on_chunk=lambda: bar.update(1))
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
+        return 1
+    print(f"valid: every chunk of {n_complete} clips read and its checksum verified")
+    return 0
