@@ -63,3 +63,30 @@ def slow_real_factory(scene, device=None) -> SlowRenderer:
     from egosynth.render import open_renderer
 
     return SlowRenderer(open_renderer(scene, device), 0.25)
+
+
+def tiny_set(folder, scenes=None, **overrides):
+    """Write a small scene set YAML (32x24, 12 frames, 2 clips/scene) into `folder`."""
+    from pathlib import Path
+
+    import yaml
+
+    from egosynth.config import DEFAULT_SCENE_SET, load_scene_set
+
+    demo = load_scene_set(DEFAULT_SCENE_SET)
+    data = {
+        "name": "tiny",
+        "scenes": [str(s.source) for s in demo.scene_configs] if scenes is None else scenes,
+        "clips_per_scene": 2,
+        "clip_seconds": 1.2,
+        "fps": 10,
+        "resolution": [32, 24],
+        "rig": "adult",
+        "motion": "adult",
+        "seed": 3,
+        "output": str(Path(folder) / "tiny.zarr"),
+        **overrides,
+    }
+    path = Path(folder) / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path

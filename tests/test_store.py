@@ -1,0 +1,220 @@
+"""The Zarr clip store: layout, codecs, completeness, resume byte-equality, corruption, readers.
+
+No Ray and no scene backend here: a deterministic analytic renderer (tests/_fake_renderer.py)
+makes every expected pixel computable, so the store is checked against golden values.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from _fake_renderer import FakeRenderer, tiny_set
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from egosynth.config import load_scene_set
+from egosynth.errors import EgosynthError
+from egosynth.plan import clip_trajectory, plan_clips
+from egosynth.render_clip import config_fingerprint, render_clip, store_attrs
+from egosynth.store import (
+    ARRAY_NAMES,
+    SCHEMA_VERSION,
+    ClipStore,
+    ClipWriter,
+    complete_clip_ids,
+    default_chunk_frames,
+    finalize_store,
+    prepare_store,
+)
+
+CHUNK = 4  # 12-frame clips -> 3 time chunks
+
+
+@pytest.fixture(scope="module")
+def sset(tmp_path_factory: pytest.TempPathFactory):
+    return load_scene_set(tiny_set(tmp_path_factory.mktemp("set")))
+
+
+def _new_store(sset, path: Path, clips: int | None = None) -> Path:
+    prepare_store(path, config_fingerprint(sset), store_attrs(sset))
+    plans = plan_clips(sset)[: clips if clips is not None else None]
+    for plan in plans:
+        render_clip(sset, plan, path, FakeRenderer(), chunk_frames=CHUNK)
+    finalize_store(path, [p.clip_id for p in plan_clips(sset)])
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(sset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _new_store(sset, tmp_path_factory.mktemp("store") / "s.zarr")
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {
+        str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()
+    }
+
+
+def test_clip_arrays_match_renderer_and_trajectory(sset, store: Path) -> None:
+    plan = plan_clips(sset)[1]
+    traj = clip_trajectory(sset, plan)
+    W, H, T = 32, 24, 12
+    want = FakeRenderer().render(traj.eye_to_world.reshape(-1, 4, 4), np.eye(3), W, H)
+    clip = ClipStore(store).clip(plan.clip_id)
+    got = clip.read()
+    assert got["rgb"].shape == (T, 2, H, W, 3) and got["rgb"].dtype == np.uint8
+    np.testing.assert_array_equal(got["rgb"], want.rgb.reshape(T, 2, H, W, 3))
+    np.testing.assert_array_equal(got["depth"], want.depth.reshape(T, 2, H, W).astype(np.float16))
+    assert got["depth"].dtype == np.float16
+    np.testing.assert_array_equal(got["instance"], want.instance.reshape(T, 2, H, W))
+    np.testing.assert_array_equal(got["part"], want.part.reshape(T, 2, H, W))
+    np.testing.assert_array_equal(got["cam_to_world"], traj.eye_to_world.astype(np.float32))
+    np.testing.assert_array_equal(got["time"], np.arange(T) / 10.0)
+    np.testing.assert_array_equal(got["fixation_object"], traj.fixation_object)
+    np.testing.assert_array_equal(got["fixation_point"], traj.fixation_point.astype(np.float32))
+    # Pinhole from the rig's horizontal FOV, principal point at the image centre.
+    f = 0.5 * W / math.tan(math.radians(sset.rig.hfov_deg) / 2)
+    K = np.array([[f, 0, W / 2], [0, f, H / 2], [0, 0, 1]], np.float32)
+    np.testing.assert_array_equal(got["intrinsics"], np.stack([K, K]))
+    assert clip.attrs["scene"] == plan.scene and clip.attrs["seed"] == str(plan.seed)
+    assert clip.attrs["labels"][1]["parts"] == {"1": "head"}
+
+
+def test_layout_codecs_and_time_chunking(store: Path) -> None:
+    root = zarr.open_group(str(store), mode="r")
+    assert root.attrs["schema_version"] == SCHEMA_VERSION
+    clip = root["clips/" + sorted(root["clips"].group_keys())[0]]
+    assert sorted(clip.array_keys()) == sorted(ARRAY_NAMES)
+    rgb = clip["rgb"]
+    assert rgb.chunks == (CHUNK, 2, 24, 32, 3)  # whole stereo frames per chunk
+    names = [type(c).__name__ for c in rgb.compressors]
+    assert names == ["BloscCodec", "Crc32cCodec"] and rgb.compressors[0].cname.value == "lz4"
+    assert clip["depth"].metadata.dimension_names == ("time", "eye", "y", "x")
+
+
+def test_plain_zarr_and_xarray_read_the_same_values(store: Path) -> None:
+    import xarray as xr
+
+    cs = ClipStore(store)
+    cid = cs.clip_ids()[0]
+    ours = cs.clip(cid).read()
+    plain = zarr.open_group(str(store), mode="r")[f"clips/{cid}"]
+    ds = xr.open_zarr(str(store), group=f"clips/{cid}", zarr_format=3)
+    for name in ARRAY_NAMES:
+        np.testing.assert_array_equal(plain[name][...], ours[name])
+        np.testing.assert_array_equal(ds[name].values, ours[name])
+    assert ds["rgb"].dims == ("time", "eye", "y", "x", "channel")
+    assert ds.attrs["status"] == "complete"
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 12), st.integers(0, 12))
+def test_read_any_time_range_equals_slice_of_whole_clip(store: Path, a: int, b: int) -> None:
+    start, stop = min(a, b), max(a, b)
+    clip = ClipStore(store).clip(ClipStore(store).clip_ids()[0])
+    whole = clip.read()
+    part = clip.read(start, stop, ["rgb", "depth", "time"])
+    for name in ("rgb", "depth", "time"):
+        np.testing.assert_array_equal(part[name], whole[name][start:stop])
+
+
+def test_read_range_outside_clip_is_an_error(store: Path) -> None:
+    clip = ClipStore(store).clip(ClipStore(store).clip_ids()[0])
+    with pytest.raises(EgosynthError, match=r"\[5, 13\) outside \[0, 12\)"):
+        clip.read(5, 13)
+
+
+def test_root_index_and_consolidated_metadata(sset, store: Path) -> None:
+    attrs = ClipStore(store).attrs
+    ids = [p.clip_id for p in plan_clips(sset)]
+    assert sorted(attrs["index"]) == ids and attrs["store_status"] == "complete"
+    assert attrs["index"][ids[0]]["n_frames"] == 12
+    assert attrs["labels"][sset.scene_configs[0].name][0]["name"] == "box_0"
+    root = zarr.open_group(str(store), mode="r", use_consolidated=True)
+    assert root.metadata.consolidated_metadata is not None
+
+
+def test_incomplete_clip_is_invisible_and_rewrite_is_byte_identical(sset, tmp_path: Path) -> None:
+    ref = _new_store(sset, tmp_path / "ref.zarr")
+    path = tmp_path / "partial.zarr"
+    prepare_store(path, config_fingerprint(sset), store_attrs(sset))
+    plan = plan_clips(sset)[0]
+    # An interrupted attempt: garbage in the first chunk, no completion.
+    w = ClipWriter(path, plan.clip_id, 12, 24, 32, {"scene": plan.scene}, chunk_frames=CHUNK)
+    junk = {
+        "rgb": np.full((4, 2, 24, 32, 3), 7),
+        "depth": np.ones((4, 2, 24, 32)),
+        "instance": np.ones((4, 2, 24, 32)),
+        "part": np.ones((4, 2, 24, 32)),
+    }
+    w.write_frames(0, junk)
+    cs = ClipStore(path)
+    assert cs.clip_ids() == [] and cs.clip_ids(include_incomplete=True) == [plan.clip_id]
+    assert complete_clip_ids(path) == set()
+    with pytest.raises(EgosynthError, match="not complete"):
+        cs.clip(plan.clip_id)
+    assert any("not complete" in p for p in cs.validate())
+    for p in plan_clips(sset):  # the resumed run redoes the partial clip and the missing one
+        render_clip(sset, p, path, FakeRenderer(), chunk_frames=CHUNK)
+    finalize_store(path, [p.clip_id for p in plan_clips(sset)])
+    assert _files(path / "clips") == _files(ref / "clips")
+
+
+def test_corrupt_chunk_is_detected_and_named(sset, tmp_path: Path) -> None:
+    path = _new_store(sset, tmp_path / "c.zarr")
+    cid = ClipStore(path).clip_ids()[0]
+    chunk = path / "clips" / cid / "depth" / "c" / "1" / "0" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    problems = ClipStore(path).validate()
+    assert len(problems) == 1 and f"clips/{cid}/depth/c/1/0/0/0" in problems[0]
+    assert "checksum" in problems[0]
+    with pytest.raises(EgosynthError, match=f"clip {cid}/depth: corrupt"):
+        ClipStore(path).clip(cid).read(4, 8, ["depth"])
+    ClipStore(path).clip(cid).read(0, 4, ["depth"])  # other chunks still read
+
+
+def test_store_from_other_config_refused_untouched_unless_overwrite(
+    sset, store: Path, tmp_path: Path
+) -> None:
+    other = load_scene_set(tiny_set(tmp_path, seed=4))
+    before = _files(store)
+    with pytest.raises(EgosynthError, match=r"s\.zarr: store was made from a different config"):
+        prepare_store(store, config_fingerprint(other), store_attrs(other))
+    assert _files(store) == before
+    copy = tmp_path / "copy.zarr"
+    _new_store(sset, copy, clips=1)
+    prepare_store(copy, config_fingerprint(other), store_attrs(other), overwrite=True)
+    assert ClipStore(copy).clip_ids() == [] and ClipStore(copy).attrs["fingerprint"] == (
+        config_fingerprint(other)
+    )
+
+
+def test_non_store_and_unwritable_paths_are_one_line_errors(sset, tmp_path: Path) -> None:
+    fp, attrs = config_fingerprint(sset), store_attrs(sset)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "keep.txt").write_text("mine")
+    with pytest.raises(EgosynthError, match="notes: exists and is not a Zarr store"):
+        prepare_store(notes, fp, attrs, overwrite=True)
+    assert (notes / "keep.txt").read_text() == "mine"
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(EgosynthError, match=r"file/s\.zarr: cannot write the store") as e:
+        prepare_store(blocker / "s.zarr", fp, attrs)
+    assert "\n" not in str(e.value)
+    with pytest.raises(EgosynthError, match="does not exist"):
+        ClipStore(tmp_path / "missing.zarr")
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "want"), [(24, 32, 8), (96, 128, 8), (480, 640, 1), (200, 200, 4), (1080, 1920, 1)]
+)
+def test_default_chunk_frames_targets_one_mebibyte(h: int, w: int, want: int) -> None:
+    # floor(2**20 / (2 * h * w * 3)) clamped to [1, 8]; 200x200: 1048576 / 240000 = 4.37
+    assert default_chunk_frames(h, w) == want
