@@ -1,0 +1,734 @@
+"""Windows of clips from egosynth clip stores, numpy only (usable from JAX or any trainer).
+
+Three layers, each usable alone:
+
+* the window index and epoch plan (`WindowSpec`, `WindowIndex`, `epoch_order`,
+  `shard_batches`): pure arithmetic over clip lengths, no I/O;
+* the reader (`WindowReader`): assembles batches of windows from stores through the store's
+  public reader API, with a byte-limited LRU cache of decoded chunks;
+* the loader (`WindowLoader`): one shard's batches for an epoch, with `state_dict()` resume
+  and a live mode that follows a store still being written.
+
+Batch layout (leading B = windows in the batch, T = frames per window, E = selected eyes):
+
+    rgb            (B, T, E, 3, H, W) uint8   (a view; memory is channels-last, see docs)
+    depth          (B, T, E, H, W)    float16, z-depth in metres
+    instance       (B, T, E, H, W)    uint16
+    part           (B, T, E, H, W)    uint8
+    cam_to_world   (B, T, E, 4, 4)    float32, OpenCV camera-to-world
+    intrinsics     (B, E, 3, 3)       float32
+    time           (B, T)             float64, seconds from clip start
+    head_to_world  (B, T, 4, 4), fixation_point (B, T, 3), fixation_object (B, T),
+    gaze_kind (B, T), walking (B, T)  as stored
+    window, clip, source, start (B,)  int64: global window id, clip position in the index,
+                                      store position in `sources`, first frame of the window
+
+The store module (egosynth.store, the only zarr importer) is imported lazily, so the index
+and plan work without zarr installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from egosynth.errors import EgosynthError
+
+# Per-frame arrays with an eye axis after time, per-frame arrays without one, and the one
+# per-clip array (intrinsics, with an eye axis first).
+IMAGE_FIELDS = ("rgb", "depth", "instance", "part")
+EYED_FRAME_FIELDS = (*IMAGE_FIELDS, "cam_to_world")
+FRAME_FIELDS = (
+    *EYED_FRAME_FIELDS,
+    "time",
+    "head_to_world",
+    "fixation_point",
+    "fixation_object",
+    "gaze_kind",
+    "walking",
+)
+CLIP_FIELDS = ("intrinsics",)
+ALL_FIELDS = (*FRAME_FIELDS, *CLIP_FIELDS)
+DEFAULT_FIELDS = ("rgb", "depth", "cam_to_world", "intrinsics", "time")
+ID_FIELDS = ("window", "clip", "source", "start")
+DEFAULT_CACHE_BYTES = 256 << 20
+STATE_VERSION = 1
+
+
+# --------------------------------------------------------------------------- index
+@dataclass(frozen=True)
+class WindowSpec:
+    """A window: `length` frames, `skip` frames apart; consecutive windows start `stride` apart.
+
+    A window starting at frame s holds frames s, s + skip, ..., s + (length - 1) * skip.
+    """
+
+    length: int = 8
+    stride: int = 1
+    skip: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("length", "stride", "skip"):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+                raise EgosynthError(f"window: {name} = {value!r}: must be an integer >= 1")
+
+    @property
+    def span(self) -> int:
+        """Frames from the first to the last frame of a window, inclusive."""
+        return (self.length - 1) * self.skip + 1
+
+    def count(self, n_frames: int) -> int:
+        """Windows in a clip of `n_frames` frames (0 when the clip is shorter than a span)."""
+        return 0 if n_frames < self.span else (n_frames - self.span) // self.stride + 1
+
+
+@dataclass(frozen=True)
+class ClipInfo:
+    """One clip of the index: which store (`source` position), its id and its length."""
+
+    source: int
+    clip_id: str
+    n_frames: int
+
+
+class WindowIndex:
+    """Every window of a list of clips, numbered clip-major: window ids 0..len-1."""
+
+    def __init__(self, clips: Sequence[ClipInfo], spec: WindowSpec) -> None:
+        self.clips = tuple(clips)
+        self.spec = spec
+        self.counts = np.array([spec.count(c.n_frames) for c in self.clips], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, window_ids: NDArray[np.integer]) -> tuple[NDArray, NDArray]:
+        """(clip position, first frame) of each window id."""
+        ids = np.asarray(window_ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= len(self)):
+            raise IndexError(f"window id out of range [0, {len(self)})")
+        clip = np.searchsorted(self.offsets, ids, side="right") - 1
+        start = (ids - self.offsets[clip]) * self.spec.stride
+        return clip, start
+
+    def fingerprint(self) -> str:
+        """A short hash of the clips and the window spec: resume checks it matches."""
+        desc = [
+            [self.spec.length, self.spec.stride, self.spec.skip],
+            [[c.source, c.clip_id, c.n_frames] for c in self.clips],
+        ]
+        return hashlib.sha1(json.dumps(desc).encode()).hexdigest()[:16]
+
+
+def _check_seed(name: str, value: int) -> int:
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 0:
+        raise EgosynthError(f"loader: {name} = {value!r}: must be an integer >= 0")
+    return int(value)
+
+
+def epoch_order(
+    index: WindowIndex, seed: int, epoch: int, shuffle: bool = True, block: int = 1
+) -> NDArray[np.int64]:
+    """The global order of window ids for an epoch: a function of (seed, epoch) alone.
+
+    With `block` > 1, runs of `block` consecutive windows of one clip stay together and the
+    runs are shuffled: neighbouring windows share chunks, so the cache decodes each chunk once
+    instead of once per window, at the cost of batches mixing fewer clips.
+    """
+    n = len(index)
+    if not shuffle:
+        return np.arange(n, dtype=np.int64)
+    rng = np.random.default_rng([_check_seed("seed", seed), _check_seed("epoch", epoch)])
+    if block <= 1:
+        return rng.permutation(n).astype(np.int64)
+    # Block starts: every `block`-th window of each clip, cut at clip boundaries.
+    starts = np.concatenate(
+        [index.offsets[c] + np.arange(0, index.counts[c], block) for c in range(len(index.clips))]
+        or [np.zeros(0, np.int64)]
+    ).astype(np.int64)
+    ends = np.minimum(starts + block, np.repeat(index.offsets[1:], -(-index.counts // block)))
+    perm = rng.permutation(len(starts))
+    s, lengths = starts[perm], (ends - starts)[perm]
+    # Concatenate the ranges [s_i, s_i + len_i) without a Python loop.
+    pos_in_block = np.arange(n) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return (np.repeat(s, lengths) + pos_in_block).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- sharding
+@dataclass(frozen=True)
+class Shard:
+    """Who reads: distributed `rank` of `world_size`, DataLoader `worker` of `num_workers`."""
+
+    rank: int = 0
+    world_size: int = 1
+    worker: int = 0
+    num_workers: int = 1
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.rank < self.world_size and 0 <= self.worker < self.num_workers):
+            raise EgosynthError(
+                f"loader: shard rank {self.rank} of world_size {self.world_size}, worker "
+                f"{self.worker} of {self.num_workers}: out of range"
+            )
+
+
+def used_windows(n: int, batch_size: int, world_size: int, drop_last: bool) -> int:
+    """Windows of the order an epoch uses: all, or (drop_last) whole batches for every rank."""
+    if drop_last:
+        return (n // (batch_size * world_size)) * batch_size * world_size
+    return n
+
+
+def rank_batch_count(
+    n: int, batch_size: int, rank: int, world_size: int, drop_last: bool = False
+) -> int:
+    """Batches rank `rank` reads in an epoch of `n` windows."""
+    n_used = used_windows(n, batch_size, world_size, drop_last)
+    n_global = -(-n_used // batch_size)
+    return max(0, -(-(n_global - rank) // world_size))
+
+
+def shard_batches(
+    n: int, batch_size: int, shard: Shard, start_batch: int = 0, drop_last: bool = False
+) -> Iterator[tuple[int, int]]:
+    """Order positions [lo, hi) of each batch this shard reads, in the order it reads them.
+
+    Global batch g covers order positions [g * B, (g + 1) * B). Rank r owns global batches
+    r, r + R, r + 2R, ... (its "local" batches 0, 1, 2, ...). Worker w of W reads local batches
+    start + w, start + w + W, ...: exactly the round-robin in which torch's DataLoader collects
+    worker outputs, so the batches a rank's DataLoader yields come out in the rank's order
+    whatever the number of workers, and "k batches consumed" pins the resume point exactly.
+    """
+    if batch_size < 1:
+        raise EgosynthError(f"loader: batch_size = {batch_size!r}: must be >= 1")
+    n_used = used_windows(n, batch_size, shard.world_size, drop_last)
+    n_local = rank_batch_count(n, batch_size, shard.rank, shard.world_size, drop_last)
+    for j in range(start_batch + shard.worker, n_local, shard.num_workers):
+        g = j * shard.world_size + shard.rank
+        yield g * batch_size, min((g + 1) * batch_size, n_used)
+
+
+def env_rank_world() -> tuple[int, int]:
+    """(rank, world size) from torchrun's / Ray Train's RANK and WORLD_SIZE (default 0, 1)."""
+    try:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        raise EgosynthError(
+            f"environment: RANK = {os.environ.get('RANK')!r}, WORLD_SIZE = "
+            f"{os.environ.get('WORLD_SIZE')!r}: must be integers"
+        ) from None
+
+
+def live_shard_of(seed: int, clip_id: str, start: int, n_shards: int) -> int:
+    """Stable shard of a window in live mode: the same in every process, whenever it looks."""
+    return zlib.crc32(f"{seed}/{clip_id}/{start}".encode()) % n_shards
+
+
+# --------------------------------------------------------------------------- cache
+class ChunkCache:
+    """LRU cache of decoded chunks, bounded by the bytes of the arrays it holds.
+
+    Thread-safe. A chunk larger than the whole limit is passed through uncached.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        if max_bytes < 0:
+            raise EgosynthError(f"loader: cache_bytes = {max_bytes!r}: must be >= 0")
+        self.max_bytes = int(max_bytes)
+        self.nbytes = 0
+        self.hits = self.misses = 0
+        self._data: OrderedDict[Any, NDArray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> NDArray | None:
+        with self._lock:
+            arr = self._data.get(key)
+            if arr is None:
+                self.misses += 1
+                return None
+            self._data.move_to_end(key)
+            self.hits += 1
+            return arr
+
+    def put(self, key: Any, arr: NDArray) -> None:
+        with self._lock:
+            if arr.nbytes > self.max_bytes or key in self._data:
+                return
+            self._data[key] = arr
+            self.nbytes += arr.nbytes
+            while self.nbytes > self.max_bytes:
+                _, old = self._data.popitem(last=False)
+                self.nbytes -= old.nbytes
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+# --------------------------------------------------------------------------- reader
+def _eye_slice(eyes: Sequence[int]) -> slice:
+    eyes = tuple(int(e) for e in eyes)
+    if eyes == (0, 1):
+        return slice(0, 2)
+    if eyes in ((0,), (1,)):
+        return slice(eyes[0], eyes[0] + 1)
+    raise EgosynthError(f"loader: eyes = {eyes!r}: must be (0,), (1,) or (0, 1) (0 = left)")
+
+
+def check_fields(fields: Sequence[str]) -> tuple[str, ...]:
+    fields = tuple(fields)
+    bad = [f for f in fields if f not in ALL_FIELDS]
+    if bad or not fields or len(set(fields)) != len(fields):
+        raise EgosynthError(
+            f"loader: fields = {list(fields)!r}: must be distinct names from {list(ALL_FIELDS)}"
+        )
+    return fields
+
+
+@dataclass
+class _ClipHandle:
+    clip: Any  # egosynth.store.Clip
+    arrays: dict[str, Any] = field(default_factory=dict)
+    chunk_frames: int = 1
+
+
+class WindowReader:
+    """Reads batches of windows from stores through egosynth.store's reader API.
+
+    Stores are opened lazily in the process that reads (so a reader pickles cheaply into
+    DataLoader workers or Ray tasks); decoded chunks go through a byte-limited LRU cache.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[str | Path],
+        fields: Sequence[str] = DEFAULT_FIELDS,
+        eyes: Sequence[int] = (0, 1),
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
+        self.sources = tuple(str(s) for s in sources)
+        self.fields = check_fields(fields)
+        self.eyes = tuple(int(e) for e in eyes)
+        self._eye = _eye_slice(self.eyes)
+        self.cache_bytes = cache_bytes
+        self.cache = ChunkCache(cache_bytes)
+        self._stores: dict[int, Any] = {}
+        self._clips: dict[tuple[int, str], _ClipHandle] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Open handles and cached chunks stay in the process that made them.
+        state = self.__dict__.copy()
+        state.update(_stores={}, _clips={}, cache=ChunkCache(self.cache_bytes))
+        return state
+
+    def refresh(self) -> None:
+        """Forget open store handles (live mode: reopen to see clips completed since)."""
+        self._stores.clear()
+
+    def store(self, source: int) -> Any:
+        """The egosynth.store.ClipStore of `sources[source]`, opened once per process."""
+        if source not in self._stores:
+            from egosynth.store import ClipStore
+
+            self._stores[source] = ClipStore(self.sources[source])
+        return self._stores[source]
+
+    def _handle(self, info: ClipInfo) -> _ClipHandle:
+        key = (info.source, info.clip_id)
+        h = self._clips.get(key)
+        if h is None:
+            clip = self.store(info.source).clip(info.clip_id)  # refuses incomplete clips
+            if clip.n_frames != info.n_frames:
+                raise EgosynthError(
+                    f"{self.sources[info.source]}: clip {info.clip_id!r} has n_frames = "
+                    f"{clip.n_frames}, the index says {info.n_frames} (store rewritten?)"
+                )
+            cf = int(clip.attrs.get("chunk_frames") or clip.array("rgb").chunks[0])
+            h = self._clips[key] = _ClipHandle(clip, chunk_frames=cf)
+        return h
+
+    def _array(self, h: _ClipHandle, name: str) -> Any:
+        if name not in h.arrays:
+            h.arrays[name] = h.clip.array(name)
+        return h.arrays[name]
+
+    def _read(self, info: ClipInfo, h: _ClipHandle, name: str, sel: slice) -> NDArray:
+        try:
+            return np.asarray(self._array(h, name)[sel])
+        except (ValueError, RuntimeError, OSError, KeyError) as exc:
+            msg = str(exc).split("\n")[0]
+            raise EgosynthError(
+                f"{self.sources[info.source]}: clip {info.clip_id}/{name} frames "
+                f"{sel.start}:{sel.stop}: corrupt or unreadable ({msg})"
+            ) from None
+
+    def _whole(self, info: ClipInfo, h: _ClipHandle, name: str) -> NDArray:
+        """A small array read whole once per clip (poses, time, gaze, intrinsics)."""
+        key = (info.source, info.clip_id, name)
+        arr = self.cache.get(key)
+        if arr is None:
+            arr = self._read(info, h, name, slice(None))
+            self.cache.put(key, arr)
+        return arr
+
+    def _chunks(
+        self, info: ClipInfo, h: _ClipHandle, name: str, wanted: Sequence[int]
+    ) -> dict[int, NDArray]:
+        """Decoded chunks `wanted` of an image array; misses are read in contiguous runs."""
+        got: dict[int, NDArray] = {}
+        missing = []
+        for c in wanted:
+            arr = self.cache.get((info.source, info.clip_id, name, c))
+            if arr is None:
+                missing.append(c)
+            else:
+                got[c] = arr
+        cf = h.chunk_frames
+        run_start = 0
+        for i in range(1, len(missing) + 1):
+            # One read call per run of consecutive chunks: the store's per-call cost dominates
+            # small reads, and it decodes the chunks of one call concurrently.
+            if i == len(missing) or missing[i] != missing[i - 1] + 1:
+                lo, hi = missing[run_start], missing[i - 1] + 1
+                data = self._read(info, h, name, slice(lo * cf, min(hi * cf, info.n_frames)))
+                for c in range(lo, hi):
+                    chunk = data[(c - lo) * cf : (c - lo + 1) * cf]
+                    got[c] = chunk
+                    self.cache.put((info.source, info.clip_id, name, c), chunk)
+                run_start = i
+        return got
+
+    def read_batch(
+        self, windows: Sequence[tuple[ClipInfo, int]], spec: WindowSpec
+    ) -> dict[str, NDArray]:
+        """Stack windows [(clip, first frame), ...] into one batch dict (layout: module doc)."""
+        b, t, e = len(windows), spec.length, len(self.eyes)
+        out: dict[str, NDArray] = {}
+        offsets = np.arange(t) * spec.skip
+        # Group windows by clip so each clip's chunks are gathered in one pass.
+        by_clip: dict[tuple[int, str], list[int]] = {}
+        for i, (info, _) in enumerate(windows):
+            by_clip.setdefault((info.source, info.clip_id), []).append(i)
+        for rows in by_clip.values():
+            info = windows[rows[0]][0]
+            h = self._handle(info)
+            starts = [windows[i][1] for i in rows]
+            for name in self.fields:
+                if name in IMAGE_FIELDS:
+                    self._fill_image(out, name, info, h, rows, starts, spec, b)
+                else:
+                    self._fill_small(out, name, info, h, rows, starts, offsets, b, e)
+        if "rgb" in out:  # (B, T, E, H, W, 3) in memory -> (B, T, E, 3, H, W) view, no copy
+            out["rgb"] = out["rgb"].transpose(0, 1, 2, 5, 3, 4)
+        return out
+
+    def _fill_image(
+        self,
+        out: dict[str, NDArray],
+        name: str,
+        info: ClipInfo,
+        h: _ClipHandle,
+        rows: list[int],
+        starts: list[int],
+        spec: WindowSpec,
+        b: int,
+    ) -> None:
+        cf, t = h.chunk_frames, spec.length
+        frames = [s + np.arange(t) * spec.skip for s in starts]
+        wanted = sorted({int(c) for f in frames for c in np.unique(f // cf)})
+        chunks = self._chunks(info, h, name, wanted)
+        if name not in out:
+            sample = chunks[wanted[0]]
+            shape = (b, t, len(self.eyes), *sample.shape[2:])
+            out[name] = np.empty(shape, dtype=sample.dtype)
+        dst = out[name]
+        for row, s in zip(rows, starts, strict=True):
+            k = 0
+            while k < t:  # frames of one chunk form one strided slice: one copy each
+                f = s + k * spec.skip
+                c, local = divmod(f, cf)
+                n = min(t - k, (cf - 1 - local) // spec.skip + 1)
+                src = chunks[c][local : local + (n - 1) * spec.skip + 1 : spec.skip, self._eye]
+                dst[row, k : k + n] = src
+                k += n
+
+    def _fill_small(
+        self,
+        out: dict[str, NDArray],
+        name: str,
+        info: ClipInfo,
+        h: _ClipHandle,
+        rows: list[int],
+        starts: list[int],
+        offsets: NDArray,
+        b: int,
+        e: int,
+    ) -> None:
+        whole = self._whole(info, h, name)
+        if name in CLIP_FIELDS:
+            val = whole[self._eye]
+            if name not in out:
+                out[name] = np.empty((b, *val.shape), whole.dtype)
+            out[name][rows] = val
+            return
+        idx = np.asarray(starts)[:, None] + offsets[None, :]
+        val = whole[idx]
+        if name in EYED_FRAME_FIELDS:
+            val = val[:, :, self._eye]
+        if name not in out:
+            out[name] = np.empty((b, *val.shape[1:]), whole.dtype)
+        out[name][rows] = val
+
+
+def list_clips(reader: WindowReader, source_ids: Sequence[int] | None = None) -> list[ClipInfo]:
+    """Complete clips of the reader's stores with their frame counts, in (store, id) order.
+
+    Frame counts come from each clip's attrs (the store's public `Clip.n_frames`).
+    """
+    out = []
+    for s in range(len(reader.sources)) if source_ids is None else source_ids:
+        store = reader.store(s)
+        for cid in store.clip_ids():
+            out.append(ClipInfo(s, cid, store.clip(cid).n_frames))
+    return out
+
+
+# --------------------------------------------------------------------------- loader
+class WindowLoader:
+    """Batches of windows for one shard of one epoch; numpy only.
+
+    >>> loader = WindowLoader(["a.zarr", "b.zarr"], length=8, stride=4, batch_size=16, seed=0)
+    >>> for epoch in range(10):
+    ...     loader.set_epoch(epoch)
+    ...     for batch in loader:           # dict of numpy arrays, layout in the module doc
+    ...         ...
+    ...     ckpt = loader.state_dict()     # resume mid-epoch with load_state_dict(ckpt)
+
+    The global order is a function of (seed, epoch): rank r of R takes global batches
+    r, r + R, ...; within a rank, DataLoader workers take batches round-robin, so the batches
+    a rank sees come in the same order whatever the number of workers.
+    """
+
+    def __init__(
+        self,
+        sources: str | Path | Sequence[str | Path],
+        *,
+        length: int = 8,
+        stride: int = 1,
+        skip: int = 1,
+        fields: Sequence[str] = DEFAULT_FIELDS,
+        eyes: Sequence[int] = (0, 1),
+        batch_size: int = 8,
+        shuffle: bool = True,
+        seed: int = 0,
+        block: int = 1,
+        drop_last: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        live: bool = False,
+        poll_s: float = 2.0,
+        idle_timeout_s: float | None = 600.0,
+        clips: Sequence[ClipInfo] | None = None,
+    ) -> None:
+        if isinstance(sources, str | Path):
+            sources = [sources]
+        if not sources:
+            raise EgosynthError("loader: sources = []: give at least one store")
+        self.spec = WindowSpec(length, stride, skip)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise EgosynthError(f"loader: batch_size = {batch_size!r}: must be an integer >= 1")
+        if not isinstance(block, int) or block < 1:
+            raise EgosynthError(f"loader: block = {block!r}: must be an integer >= 1")
+        env_rank, env_world = env_rank_world()
+        self.rank = env_rank if rank is None else rank
+        self.world_size = env_world if world_size is None else world_size
+        Shard(self.rank, self.world_size)  # validates
+        self.batch_size, self.shuffle, self.block, self.drop_last = (
+            batch_size,
+            shuffle,
+            block,
+            drop_last,
+        )
+        self.seed = _check_seed("seed", seed)
+        self.reader = WindowReader(sources, fields, eyes, cache_bytes)
+        self.live, self.poll_s, self.idle_timeout_s = live, poll_s, idle_timeout_s
+        self.epoch = 0
+        self.batches_done = 0
+        if live:
+            self.index = WindowIndex([], self.spec)
+        else:
+            self.index = WindowIndex(list_clips(self.reader) if clips is None else clips, self.spec)
+            self.reader.refresh()  # the listing's handles are not needed by readers
+            if len(self.index) == 0:
+                raise EgosynthError(
+                    f"loader: no complete clip of {list(self.reader.sources)} has "
+                    f"{self.spec.span} frames for a window (length {length}, skip {skip})"
+                )
+        self._order: tuple[int, NDArray[np.int64]] | None = None
+
+    # ----------------------------------------------------------- epoch plan
+    def order(self) -> NDArray[np.int64]:
+        """This epoch's global window order (all ranks), cached per epoch."""
+        if self._order is None or self._order[0] != self.epoch:
+            self._order = (
+                self.epoch,
+                epoch_order(self.index, self.seed, self.epoch, self.shuffle, self.block),
+            )
+        return self._order[1]
+
+    def __len__(self) -> int:
+        """Batches this rank reads in a whole epoch."""
+        return rank_batch_count(
+            len(self.index), self.batch_size, self.rank, self.world_size, self.drop_last
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch; a resumed position is kept only if it belongs to this epoch."""
+        epoch = _check_seed("epoch", epoch)
+        if epoch != self.epoch:
+            self.epoch, self.batches_done = epoch, 0
+
+    # ----------------------------------------------------------- iteration
+    def batches(self, worker: int = 0, num_workers: int = 1) -> Iterator[dict[str, NDArray]]:
+        """The batches DataLoader worker `worker` of `num_workers` yields, in its order."""
+        if self.live:
+            yield from self._live_batches(worker, num_workers)
+            return
+        start = self.batches_done if self.batches_done < len(self) else 0
+        shard = Shard(self.rank, self.world_size, worker, num_workers)
+        order = self.order()
+        for lo, hi in shard_batches(len(self.index), self.batch_size, shard, start, self.drop_last):
+            yield self.read_windows(order[lo:hi])
+
+    def read_windows(self, window_ids: NDArray[np.integer]) -> dict[str, NDArray]:
+        """One batch of the given global window ids, in that order."""
+        ids = np.asarray(window_ids, dtype=np.int64)
+        clip, start = self.index.locate(ids)
+        infos = [self.index.clips[c] for c in clip]
+        batch = self.reader.read_batch(list(zip(infos, start.tolist(), strict=True)), self.spec)
+        batch.update(
+            window=ids,
+            clip=clip.astype(np.int64),
+            source=np.array([i.source for i in infos], np.int64),
+            start=start.astype(np.int64),
+            clip_id=np.array([i.clip_id for i in infos]),
+        )
+        return batch
+
+    def __iter__(self) -> Iterator[dict[str, NDArray]]:
+        """Single-process iteration over this rank's batches, counting them for resume."""
+        if not self.live and self.batches_done >= len(self):
+            self.batches_done = 0
+        for batch in self.batches():
+            self.batches_done += 1
+            yield batch
+
+    # ----------------------------------------------------------- resume
+    def state_dict(self) -> dict[str, Any]:
+        """Where this rank is: enough to resume exactly, with any number of workers."""
+        return {
+            "version": STATE_VERSION,
+            "epoch": self.epoch,
+            "batches_done": self.batches_done,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "index": self.index.fingerprint(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume: the next iteration starts after the batches `state` says were consumed."""
+        if self.live:
+            raise EgosynthError("loader: live mode does not resume (the clip set is growing)")
+        mine = self.state_dict()
+        for key in ("version", "seed", "batch_size", "rank", "world_size", "index"):
+            if state.get(key) != mine[key]:
+                raise EgosynthError(
+                    f"loader state: {key} = {state.get(key)!r}, this loader has {mine[key]!r}; "
+                    "resume with the same stores, window, seed, batch size and ranks"
+                )
+        self.epoch = _check_seed("epoch", state["epoch"])
+        self.batches_done = _check_seed("batches_done", state["batches_done"])
+
+    # ----------------------------------------------------------- live mode
+    def _live_batches(self, worker: int, num_workers: int) -> Iterator[dict[str, NDArray]]:
+        """Follow the stores as clips complete; yield each complete clip's windows once.
+
+        Each window goes to the shard `live_shard_of` names, so every process agrees on
+        who reads it without coordination, whenever it happens to see the clip. Ends when every
+        store is finalized (store_status written by the driver) and all its clips are read, or
+        after `idle_timeout_s` seconds without a new clip.
+        """
+        shard_id = self.rank * num_workers + worker
+        n_shards = self.world_size * num_workers
+        seen: set[tuple[int, str]] = set()
+        pending: list[tuple[ClipInfo, int]] = []
+        last_new = time.monotonic()
+        generation = 0
+        while True:
+            finished = self._stores_finalized()
+            new = [c for c in self._poll_clips() if (c.source, c.clip_id) not in seen]
+            if new:
+                last_new = time.monotonic()
+                windows = []
+                for c in new:
+                    seen.add((c.source, c.clip_id))
+                    for w in range(self.spec.count(c.n_frames)):
+                        s = w * self.spec.stride
+                        if live_shard_of(self.seed, c.clip_id, s, n_shards) == shard_id:
+                            windows.append((c, s))
+                if self.shuffle and windows:
+                    rng = np.random.default_rng([self.seed, self.epoch, generation])
+                    windows = [windows[i] for i in rng.permutation(len(windows))]
+                pending.extend(windows)
+                generation += 1
+            while len(pending) >= self.batch_size:
+                yield self._read_live(pending[: self.batch_size])
+                del pending[: self.batch_size]
+            if finished and not new:
+                break
+            idle = time.monotonic() - last_new
+            if self.idle_timeout_s is not None and idle > self.idle_timeout_s:
+                break
+            if not new:
+                time.sleep(self.poll_s)
+        if pending and not self.drop_last:
+            yield self._read_live(pending)
+
+    def _poll_clips(self) -> list[ClipInfo]:
+        self.reader.refresh()  # reopen: a store handle may predate the clips just completed
+        return list_clips(self.reader)
+
+    def _stores_finalized(self) -> bool:
+        """True when the driver has finalized every store (checked BEFORE listing clips)."""
+        self.reader.refresh()
+        return all(
+            self.reader.store(s).attrs.get("store_status") in ("complete", "incomplete")
+            for s in range(len(self.reader.sources))
+        )
+
+    def _read_live(self, windows: list[tuple[ClipInfo, int]]) -> dict[str, NDArray]:
+        batch = self.reader.read_batch(windows, self.spec)
+        batch.update(
+            window=np.full(len(windows), -1, np.int64),  # no global numbering while live
+            clip=np.full(len(windows), -1, np.int64),
+            source=np.array([c.source for c, _ in windows], np.int64),
+            start=np.array([s for _, s in windows], np.int64),
+        )
+        batch["clip_id"] = np.array([c.clip_id for c, _ in windows])
+        return batch
