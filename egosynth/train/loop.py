@@ -1,0 +1,508 @@
+"""The training loop: objectives -> one model, AdamW + warmup/cosine, AMP, checkpoints with
+exact resume, TensorBoard scalars, a tqdm bar, diagnostics, and DDP under torchrun.
+
+`Trainer(cfg, data, probe).fit()` takes ANY iterable of batches: a dict with "rgb"
+(B, T, E, H, W, 3) or (B, T, E, 3, H, W) uint8 (or a bare tensor of that). Exact resume needs
+the iterable to replay the same batches: the loop records (epoch, batches consumed in the
+epoch), calls `set_epoch(epoch)` when the iterable has it, and on resume skips the batches
+already consumed (or calls `load_state_dict` when the iterable has `state_dict`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from egosynth.errors import EgosynthError
+from egosynth.train import checkpoint as ckpt
+from egosynth.train.diagnostics import effective_rank, eta_values, linear_probe, next_frame_errors
+from egosynth.train.encoders import Encoder, EncoderConfig
+from egosynth.train.losses import SlowConfig, SlowLoss, prednet_loss
+from egosynth.train.predictive import LatentPredictor, PredNet
+
+OBJECTIVES = ("slow", "latent", "pixel")
+ALIASES = {"predictive": ("latent", "pixel"), "predictive-latent": ("latent",),
+           "predictive-pixel": ("pixel",)}  # fmt: skip
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+
+
+def parse_objectives(names: Iterable[str]) -> tuple[str, ...]:
+    """Objective names (comma lists allowed, aliases expanded) in canonical order."""
+    chosen: set[str] = set()
+    for item in names:
+        for name in filter(None, (s.strip() for s in str(item).split(","))):
+            if name in ALIASES:
+                chosen.update(ALIASES[name])
+            elif name in OBJECTIVES:
+                chosen.add(name)
+            else:
+                raise EgosynthError(
+                    f"--objective = {name!r}: expected one of {[*OBJECTIVES, *ALIASES]}"
+                )
+    if not chosen:
+        raise EgosynthError("--objective: choose at least one objective")
+    return tuple(o for o in OBJECTIVES if o in chosen)
+
+
+@dataclass
+class TrainConfig:
+    objectives: tuple[str, ...] = ("slow",)
+    steps: int = 200
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup: int = 10
+    schedule: str = "cosine"  # or "constant"
+    grad_clip: float = 5.0
+    amp: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    size: tuple[int, int] | None = (64, 48)  # (width, height) frames are resized to
+    deterministic: bool = False
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    slow: SlowConfig = field(default_factory=SlowConfig)
+    latent_context: str = "gru"
+    latent_hidden: int = 128
+    horizons: tuple[int, ...] = (1, 3)
+    temperature: float = 0.1
+    pixel_channels: tuple[int, ...] = (3, 16, 32)
+    weights: dict[str, float] = field(default_factory=lambda: {o: 1.0 for o in OBJECTIVES})
+    log_every: int = 10
+    ckpt_every: int = 100
+    diag_every: int = 100
+    keep_checkpoints: int = 2
+    tensorboard: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.objectives = parse_objectives(self.objectives)
+        if self.amp not in AMP_MODES:
+            raise EgosynthError(f"--amp = {self.amp!r}: expected one of {list(AMP_MODES)}")
+        if self.schedule not in ("cosine", "constant"):
+            raise EgosynthError(f"--schedule = {self.schedule!r}: expected cosine or constant")
+        if self.steps < 1:
+            raise EgosynthError(f"--steps = {self.steps}: must be >= 1")
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["encoder"] = self.encoder.to_json()
+        d["slow"] = self.slow.to_json()
+        return d
+
+    def model_json(self) -> dict[str, Any]:
+        """The part of the config that fixes the shapes of the weights (checked on resume)."""
+        d = self.to_json()
+        keys = ("objectives", "encoder", "latent_context", "latent_hidden", "horizons",
+                "pixel_channels")  # fmt: skip
+        return {k: d[k] for k in keys}
+
+
+# --------------------------------------------------------------------------- batches
+def frames_from_batch(batch: Any, size: tuple[int, int] | None, device: torch.device) -> Tensor:
+    """uint8 rgb of a batch -> float (B, T, E, 3, h, w) in [0, 1] on `device`, resized."""
+    rgb = batch["rgb"] if isinstance(batch, dict) else batch
+    if not isinstance(rgb, Tensor):
+        rgb = torch.as_tensor(rgb)
+    if rgb.dim() != 6:
+        raise EgosynthError(f"batch: rgb must be (B, T, E, H, W, 3), got {tuple(rgb.shape)}")
+    if rgb.shape[-1] == 3 and rgb.shape[-3] != 3:
+        rgb = rgb.permute(0, 1, 2, 5, 3, 4)
+    rgb = rgb.to(device, non_blocking=True)
+    x = rgb.float() / 255.0 if rgb.dtype == torch.uint8 else rgb.float()
+    b, t, e, c, h, w = x.shape
+    if size is not None and (w, h) != tuple(size):
+        x = F.interpolate(x.reshape(-1, c, h, w), size=(size[1], size[0]), mode="area")
+        x = x.view(b, t, e, c, size[1], size[0])
+    return x.contiguous()
+
+
+# --------------------------------------------------------------------------- model
+class TrainModel(nn.Module):
+    """All trainable parts of the chosen objectives; forward returns (loss, parts)."""
+
+    def __init__(self, cfg: TrainConfig, distributed: bool = False) -> None:
+        super().__init__()
+        self.cfg = cfg
+        obj = cfg.objectives
+        self.encoder = Encoder(cfg.encoder) if {"slow", "latent"} & set(obj) else None
+        self.slow = SlowLoss(cfg.slow) if "slow" in obj else None
+        self.latent = (
+            LatentPredictor(
+                cfg.encoder.out_dim,
+                cfg.latent_hidden,
+                cfg.latent_context,
+                cfg.horizons,
+                cfg.temperature,
+                gather_distributed=distributed,
+            )
+            if "latent" in obj
+            else None
+        )
+        self.prednet = PredNet(cfg.pixel_channels) if "pixel" in obj else None
+
+    def embed(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        """frames (B, T, E, 3, H, W) -> per-eye (B, T, E', D), fused (B, T, D_f)."""
+        assert self.encoder is not None
+        b, t = frames.shape[:2]
+        per_eye, fused = self.encoder(frames.flatten(0, 1))
+        return per_eye.view(b, t, *per_eye.shape[1:]), fused.view(b, t, -1)
+
+    def pixel_input(self, frames: Tensor) -> Tensor:
+        """The eyes the encoder config selects, each eye an independent sequence."""
+        x = frames[:, :, list(self.cfg.encoder.eye_indices)]
+        return x.transpose(1, 2).flatten(0, 1)  # (B * E', T, 3, H, W)
+
+    def forward(self, frames: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        w = self.cfg.weights
+        total = frames.new_zeros(())
+        parts: dict[str, Tensor] = {}
+        if self.encoder is not None:
+            per_eye, fused = self.embed(frames)
+            if self.slow is not None:
+                loss, p = self.slow(per_eye.float())
+                total = total + w.get("slow", 1.0) * loss
+                parts.update({"slow": loss, **{f"slow/{k}": v for k, v in p.items()}})
+            if self.latent is not None:
+                loss, p = self.latent(fused.float())
+                total = total + w.get("latent", 1.0) * loss
+                parts.update({"latent": loss, **{f"latent/{k}": v for k, v in p.items()}})
+        if self.prednet is not None:
+            _, errors = self.prednet(self.pixel_input(frames))
+            loss = prednet_loss([e.float() for e in errors])
+            total = total + w.get("pixel", 1.0) * loss
+            parts["pixel"] = loss
+        return total, {k: v.detach() for k, v in parts.items()}
+
+
+# --------------------------------------------------------------------------- distributed
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: torch.device) -> Dist:
+    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on GPUs, gloo on CPUs)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise EgosynthError(f"--device = {name!r}: not a torch device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EgosynthError(f"--device = {name!r}: CUDA is not available on this machine")
+    return device
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: bf16 where the GPU supports it, else fp16 on CUDA; off on CPU by
+    default (CPU autocast is rarely faster for these small convolutions)."""
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return None
+    if mode == "fp16":
+        return torch.float16
+    if mode == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+# --------------------------------------------------------------------------- probe data
+@dataclass
+class ProbeData:
+    """Held-out diagnostics inputs: windows (N, T, E, H, W, 3) uint8 with per-frame category
+    (N, T) (-1 = no object) of training clips (to fit the probe) and held-out clips."""
+
+    train_rgb: Tensor
+    train_cat: Tensor
+    heldout_rgb: Tensor
+    heldout_cat: Tensor
+
+
+# --------------------------------------------------------------------------- trainer
+class Trainer:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        data: Iterable[Any],
+        out: str | Path | None = None,
+        probe: ProbeData | None = None,
+    ) -> None:
+        self.cfg, self.data, self.probe = cfg, data, probe
+        self.out = Path(out) if out is not None else None
+        self.device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+        self.dist = setup_distributed(self.device)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.manual_seed(cfg.seed + self.dist.rank)
+        self.model = TrainModel(cfg, distributed=self.dist.world > 1).to(self.device)
+        self.net: nn.Module = self.model
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DDP(self.model, device_ids=ids)
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
+        self.amp = amp_dtype(cfg.amp, self.device)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp == torch.float16 and self.device.type == "cuda"
+        )
+        self.step = 0
+        self.epoch = 0
+        self.consumed = 0  # batches consumed in the current epoch
+        self.history: list[dict[str, float]] = []
+        self.writer = None
+
+    # ------------------------------------------------------------------ schedule
+    def _lr_factor(self, step: int) -> float:
+        cfg = self.cfg
+        if cfg.warmup and step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        if cfg.schedule == "constant":
+            return 1.0
+        span = max(cfg.steps - cfg.warmup, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(step - cfg.warmup, span) / span))
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any]:
+        states: dict[str, Any] = {
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": ckpt.rng_state(),
+        }
+        if hasattr(self.data, "state_dict"):
+            states["data"] = self.data.state_dict()
+        return states
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "consumed": self.consumed,
+            "config": self.cfg.to_json(),
+            "model": self.cfg.model_json(),
+        }
+
+    def save(self) -> Path | None:
+        if self.out is None or not self.dist.main:
+            return None
+        folder = self.out / "checkpoints"
+        path = ckpt.save_checkpoint(folder / f"step_{self.step}.pt", self.state(), self.meta())
+        olds = sorted(folder.glob("step_*.pt"), key=lambda f: int(f.stem.split("_")[1]))
+        for old in olds[: -self.cfg.keep_checkpoints]:
+            old.unlink()
+        return path
+
+    def load(self, path: str | Path) -> None:
+        payload = ckpt.load_checkpoint(path, map_location=self.device)
+        meta = payload["meta"]
+        if meta.get("model") != self.cfg.model_json():
+            raise EgosynthError(
+                f"{path}: checkpoint was trained with model settings {meta.get('model')}, "
+                f"not {self.cfg.model_json()}"
+            )
+        self.model.load_state_dict(payload["model"])
+        self.opt.load_state_dict(payload["optimizer"])
+        self.sched.load_state_dict(payload["scheduler"])
+        self.scaler.load_state_dict(payload["scaler"])
+        ckpt.set_rng_state(payload["rng"])
+        if "data" in payload and hasattr(self.data, "load_state_dict"):
+            self.data.load_state_dict(payload["data"])
+            self.consumed = 0  # the loader resumes itself
+        else:
+            self.consumed = int(meta["consumed"])
+        self.step, self.epoch = int(meta["step"]), int(meta["epoch"])
+
+    # ------------------------------------------------------------------ data
+    def _batches(self) -> Iterator[Any]:
+        skip = self.consumed
+        while True:
+            if hasattr(self.data, "set_epoch"):
+                self.data.set_epoch(self.epoch)
+            seen = 0
+            for i, batch in enumerate(self.data):
+                seen += 1
+                if i < skip:
+                    continue
+                self.consumed = i + 1
+                yield batch
+            if seen == 0:
+                raise EgosynthError("training data: the data iterable yielded no batches")
+            skip = 0
+            self.epoch += 1
+            self.consumed = 0
+
+    # ------------------------------------------------------------------ step
+    def train_step(self, frames: Tensor) -> dict[str, float]:
+        self.net.train()
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32,
+                            enabled=self.amp is not None):  # fmt: skip
+            loss, parts = self.net(frames)
+        if not torch.isfinite(loss):
+            raise EgosynthError(
+                f"step {self.step}: loss is {float(loss)}; lower --lr or enable --grad-clip"
+            )
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(self.opt)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        return {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
+
+    # ------------------------------------------------------------------ diagnostics
+    @torch.no_grad()
+    def diagnostics(self) -> dict[str, float]:
+        """eta, effective rank, next-frame error vs copy-last, linear probe, on held-out clips."""
+        if self.probe is None:
+            return {}
+        self.model.eval()
+        out: dict[str, float] = {}
+        try:
+            held = self._frames_chunks(self.probe.heldout_rgb)
+            if self.model.encoder is not None:
+                fused = torch.cat([self.model.embed(f)[1] for f in held]).float().cpu()
+                eta = eta_values(fused)
+                out["diag/eta_mean"] = float(eta.mean())
+                out["diag/eta_min"] = float(eta.min())
+                out["diag/effective_rank"] = effective_rank(fused.flatten(0, 1))
+                out.update(self._probe(fused))
+            if self.model.prednet is not None:
+                errs = [self._pixel_errors(f) for f in held]
+                mse_p = sum(e["mse_pred"] for e in errs) / len(errs)
+                mse_c = sum(e["mse_copy"] for e in errs) / len(errs)
+                out["diag/next_frame_mse"] = mse_p
+                out["diag/copy_last_mse"] = mse_c
+                out["diag/copy_over_pred"] = mse_c / max(mse_p, 1e-12)
+        finally:
+            self.model.train()
+        return out
+
+    def _frames_chunks(self, rgb: Tensor, chunk: int = 16) -> list[Tensor]:
+        return [
+            frames_from_batch(rgb[i : i + chunk], self.cfg.size, self.device)
+            for i in range(0, len(rgb), chunk)
+        ]
+
+    def _pixel_errors(self, frames: Tensor) -> dict[str, float]:
+        assert self.model.prednet is not None
+        x = self.model.pixel_input(frames)
+        pred, _ = self.model.prednet(x)
+        return next_frame_errors(pred, x)
+
+    def _probe(self, held_fused: Tensor) -> dict[str, float]:
+        assert self.probe is not None
+        train = (
+            torch.cat([self.model.embed(f)[1] for f in self._frames_chunks(self.probe.train_rgb)])
+            .float()
+            .cpu()
+        )
+        tx, ty = train.flatten(0, 1), self.probe.train_cat.flatten()
+        hx, hy = held_fused.flatten(0, 1), self.probe.heldout_cat.flatten()
+        tk, hk = ty >= 0, hy >= 0
+        if tk.sum() < 2 or hk.sum() < 1 or len(torch.unique(ty[tk])) < 2:
+            return {}
+        res = linear_probe(tx[tk], ty[tk], hx[hk], hy[hk])
+        return {"probe/accuracy": res["accuracy"], "probe/majority": res["majority"]}
+
+    # ------------------------------------------------------------------ logging
+    def _log(self, scalars: dict[str, float]) -> None:
+        if self.writer is not None:
+            for k, v in scalars.items():
+                self.writer.add_scalar(k, v, self.step)
+
+    def _open_writer(self) -> None:
+        if self.out is not None and self.cfg.tensorboard and self.dist.main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tb"))
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, resume: str | Path | None = None) -> list[dict[str, float]]:
+        """Train until cfg.steps; returns the per-step history (losses, timings, diagnostics).
+
+        `resume`: a checkpoint file, or "latest" for the newest one under out/checkpoints.
+        """
+        if resume is not None:
+            path = resume
+            if str(resume) == "latest":
+                path = ckpt.latest_checkpoint(self.out / "checkpoints") if self.out else None
+            if path is not None:
+                self.load(path)
+        self._open_writer()
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        bar = tqdm(
+            total=cfg.steps, initial=self.step, desc="train", unit="step",
+            disable=not (cfg.progress and self.dist.main), dynamic_ncols=True,
+        )  # fmt: skip
+        if self.step == 0 and cfg.diag_every:
+            diag = self.diagnostics()  # step 0: the randomly initialised encoder
+            self._log(diag)
+            if diag:
+                self.history.append({"step": 0.0, **diag})
+        batches = self._batches()
+        wait = busy = 0.0
+        try:
+            while self.step < cfg.steps:
+                t0 = time.perf_counter()
+                frames = frames_from_batch(next(batches), cfg.size, self.device)
+                t1 = time.perf_counter()
+                rec = self.train_step(frames)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                t2 = time.perf_counter()
+                self.step += 1
+                wait, busy = wait + (t1 - t0), busy + (t2 - t1)
+                rec["step"] = float(self.step)
+                rec["time/data_fraction"] = (t1 - t0) / max(t2 - t0, 1e-9)
+                rec["time/step_s"] = t2 - t0
+                if cfg.diag_every and self.step % cfg.diag_every == 0:
+                    rec.update(self.diagnostics())
+                self.history.append(rec)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    rec["lr"] = self.sched.get_last_lr()[0]
+                    self._log({k: v for k, v in rec.items() if k != "step"})
+                bar.set_postfix(loss=f"{rec['loss']:.4g}")
+                bar.update(1)
+                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                    self.save()
+            if not cfg.ckpt_every or self.step % cfg.ckpt_every:
+                self.save()
+        finally:
+            bar.close()
+            if self.writer is not None:
+                self.writer.close()
+        self.timing = {"wait_s": wait, "busy_s": busy}
+        return self.history
