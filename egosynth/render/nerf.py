@@ -1,0 +1,564 @@
+"""The NeRF scene backend, and egosynth's ONLY contact with nerfstudio.
+
+Everything that touches nerfstudio lives here, behind lazy imports (importing nerfstudio takes
+~17 s, and `egosynth --help` must stay light):
+
+- rebuilding a model from a scene bundle: nerfstudio's method registry + the bundle's plain
+  settings + weights read by the weights-only loader (egosynth.nerf.bundle) — never a pickle or
+  a python-object YAML from a bundle;
+- the camera conversion (OpenCV camera-to-world in world metres -> nerfstudio cameras in the
+  model's scaled, OpenGL-axis frame), in exactly one function, `model_poses`;
+- batched, chunked rendering of rgb, z-depth in metres and accumulation, plus instance and part
+  masks from the rendered surface points and the bundle's 3D annotations;
+- the trainer and import adapters used by egosynth.nerf.fit / egosynth.nerf.importer.
+
+nerfacto builds an LPIPS metric (which downloads AlexNet weights) whenever a model is
+constructed; offline that fails. `offline_model_construction` swaps the metric for a no-op
+only while a model is being built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from egosynth.camera import distance_to_depth, opencv_to_opengl, unproject
+from egosynth.errors import EgosynthError
+from egosynth.nerf.bundle import Bundle, BundleError, BundleMeta, model_from_scene, read_bundle
+from egosynth.render.base import Frames, Label
+
+if TYPE_CHECKING:
+    from egosynth.config import SceneConfig, SceneObject
+
+# A rendered pixel counts as a surface (for depth and masks) above this opacity.
+SURFACE_ACCUMULATION = 0.5
+# Grow annotation boxes by this many metres when testing surface points (NeRF surfaces are a
+# few millimetres fuzzy; the mesh surface lies exactly on the box faces).
+MASK_MARGIN_M = 0.02
+# Samples whose compositing weight is below this never reach the colour head (their colour
+# changes a pixel by < weight); see `_render_rays`.
+WEIGHT_EPS = 1e-4
+
+
+# --------------------------------------------------------------------------- offline building
+@contextlib.contextmanager
+def offline_model_construction() -> Iterator[None]:
+    """Build nerfstudio models offline: LPIPS becomes a no-op module for this block only."""
+    import torch
+    import torchmetrics.image.lpip as lpip_mod
+
+    class _NoLPIPS(torch.nn.Module):
+        """Stands in for LPIPS during construction; returns 0 if a training eval calls it."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__()
+
+        def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+            return torch.zeros(())
+
+    original = lpip_mod.LearnedPerceptualImagePatchSimilarity
+    lpip_mod.LearnedPerceptualImagePatchSimilarity = _NoLPIPS  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        lpip_mod.LearnedPerceptualImagePatchSimilarity = original  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- settings <-> config
+def _plain(value: Any) -> Any:
+    """JSON-plain form of a config value, or raise TypeError for anything else."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise TypeError("non-finite float")
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _plain(v) for k, v in value.items()}
+    if hasattr(value, "value") and isinstance(getattr(value, "value", None), (str, int)):
+        return value.value  # enums (e.g. DepthLossType) are stored by value
+    raise TypeError(f"{type(value).__name__} is not plain data")
+
+
+def plain_model_settings(model_config: Any) -> dict[str, Any]:
+    """Every plain-data field of a nerfstudio model config (nested configs/classes skipped)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(model_config):
+        if f.name.startswith("_"):
+            continue
+        with contextlib.suppress(TypeError):
+            out[f.name] = _plain(getattr(model_config, f.name))
+    return out
+
+
+def _method_config(method: str) -> Any:
+    from nerfstudio.configs.method_configs import all_methods
+
+    if method not in all_methods:
+        raise EgosynthError(f"unknown nerfstudio method {method!r}")
+    return copy.deepcopy(all_methods[method])
+
+
+def model_config_from_settings(method: str, settings: dict[str, Any], source: Path) -> Any:
+    """nerfstudio's registry config for `method`, with plain `settings` applied field by field."""
+    cfg = _method_config(method).pipeline.model
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    for key, value in settings.items():
+        if key not in fields or key.startswith("_"):
+            raise BundleError(
+                f"{source}: field 'model_settings.{key}' = {value!r:.40}: not a setting of {method}"
+            )
+        default = getattr(cfg, key)
+        try:
+            plain_default = _plain(default)
+        except TypeError:
+            raise BundleError(
+                f"{source}: field 'model_settings.{key}': not a plain-data setting"
+            ) from None
+        if isinstance(default, tuple):
+            value = tuple(value)
+        elif hasattr(default, "value") and not isinstance(default, (int, float, str)):
+            value = type(default)(value)  # enum restored from its value
+        elif isinstance(plain_default, float) and isinstance(value, int):
+            value = float(value)
+        setattr(cfg, key, value)
+    return cfg
+
+
+# --------------------------------------------------------------------------- model from a bundle
+def build_model(meta: BundleMeta, weights: dict[str, Any], device: str, source: Path) -> Any:
+    """Construct the nerfstudio model described by `meta` and load `weights` (strictly)."""
+    import torch
+    from nerfstudio.data.scene_box import SceneBox
+
+    cfg = model_config_from_settings(meta.method, meta.model_settings, source)
+    scene_box = SceneBox(aabb=torch.tensor(meta.scene_box, dtype=torch.float32))
+    with offline_model_construction():
+        model = cfg.setup(scene_box=scene_box, num_train_data=meta.num_train_data, metadata={})
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    # Training-camera pose refinements are not part of a bundle: rendering never uses them.
+    missing = [k for k in missing if not k.startswith("camera_optimizer.")]
+    if missing or unexpected:
+        shown = (missing or unexpected)[:3]
+        what = "missing" if missing else "unexpected"
+        raise BundleError(
+            f"{source}: weights do not match the {meta.method} settings ({what} tensors, "
+            f"e.g. {shown})"
+        )
+    return model.to(device).eval()
+
+
+def pick_device(device: str | None) -> str:
+    import torch
+
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# --------------------------------------------------------------------------- cameras (ONE place)
+def model_poses(
+    cam_to_world: NDArray[np.floating], world_from_scene: NDArray[np.floating], meta: BundleMeta
+) -> tuple[NDArray[np.float64], float]:
+    """OpenCV camera-to-world in world metres (N, 4, 4) -> nerfstudio poses (N, 3, 4).
+
+    world -> scene (the bundle's data frame) undoes the scene's similarity; scene -> model applies
+    nerfstudio's dataparser transform and scale; the axes flip OpenCV -> OpenGL. Returns the
+    poses and `k`, the model-units-per-metre factor (a ray distance d in the model frame is d / k
+    metres in the world).
+    """
+    c2w = np.asarray(cam_to_world, dtype=np.float64).reshape(-1, 4, 4)
+    A = model_from_scene(meta) @ np.linalg.inv(np.asarray(world_from_scene, dtype=np.float64))
+    k = float(np.cbrt(np.linalg.det(A[:3, :3])))
+    if not k > 0:
+        raise EgosynthError("world_from_scene and the dataparser transform must keep handedness")
+    P = A @ c2w
+    P[:, :3, :3] /= k  # a similarity scales the rotation block; poses need a pure rotation
+    return opencv_to_opengl(P)[:, :3, :4], k
+
+
+def _intrinsics(K: NDArray[np.floating], n: int) -> NDArray[np.float64]:
+    K = np.asarray(K, dtype=np.float64)
+    if K.shape == (3, 3):
+        K = np.broadcast_to(K, (n, 3, 3))
+    if K.shape != (n, 3, 3):
+        raise ValueError(f"K must be (3, 3) or ({n}, 3, 3), got {K.shape}")
+    return K
+
+
+def nerfstudio_cameras(
+    poses: NDArray[np.floating], K: NDArray[np.floating], width: int, height: int
+) -> Any:
+    """nerfstudio `Cameras` for N poses (N, 3, 4) and pinhole intrinsics (3,3)/(N,3,3)."""
+    import torch
+    from nerfstudio.cameras.cameras import Cameras, CameraType
+
+    n = len(poses)
+    Ks = _intrinsics(K, n)
+
+    def col(a: NDArray) -> torch.Tensor:
+        return torch.as_tensor(a, dtype=torch.float32)[:, None]
+
+    return Cameras(
+        camera_to_worlds=torch.as_tensor(np.asarray(poses), dtype=torch.float32),
+        fx=col(Ks[:, 0, 0]),
+        fy=col(Ks[:, 1, 1]),
+        cx=col(Ks[:, 0, 2]),
+        cy=col(Ks[:, 1, 2]),
+        width=torch.full((n, 1), width, dtype=torch.int64),
+        height=torch.full((n, 1), height, dtype=torch.int64),
+        camera_type=CameraType.PERSPECTIVE,
+    )
+
+
+# --------------------------------------------------------------------------- masks
+def label_surface_points(
+    points: NDArray[np.floating],
+    surface: NDArray[np.bool_],
+    objects: list[SceneObject],
+    margin: float = MASK_MARGIN_M,
+) -> tuple[NDArray[np.uint16], NDArray[np.uint8]]:
+    """Instance and part ids for world surface points (..., 3) from annotation boxes.
+
+    Only the first surface along each ray is ever tested, so an object hidden behind another is
+    never labelled (occlusion comes from the rendered depth). Where boxes overlap the smallest
+    box wins (the more specific annotation). Part ids number all parts of the scene from 1, in
+    object order, as the procedural mesh scenes do (see `labels_for`).
+    """
+    shape = points.shape[:-1]
+    instance = np.zeros(shape, np.uint16)
+    part = np.zeros(shape, np.uint8)
+    best = np.full(shape, np.inf)
+    part_ids = _part_ids(objects)
+    for i, obj in enumerate(objects, start=1):
+        inside = surface & obj.contains(points, margin)
+        vol = float(np.prod(obj.extents))
+        take = inside & (vol < best)
+        instance[take], best[take] = i, vol
+        part[take] = 0
+        part_best = np.full(shape, np.inf)
+        for pid, p in zip(part_ids[i - 1], obj.parts, strict=True):
+            pvol = float(np.prod(p.extents))
+            ptake = take & p.contains(points, margin) & (pvol < part_best)
+            part[ptake], part_best[ptake] = pid, pvol
+    return instance, part
+
+
+def _part_ids(objects: list[SceneObject]) -> list[list[int]]:
+    ids, next_id = [], 1
+    for o in objects:
+        ids.append(list(range(next_id, next_id + len(o.parts))))
+        next_id += len(o.parts)
+    if next_id - 1 > 255:
+        raise EgosynthError(f"{next_id - 1} parts in one scene; part masks hold at most 255")
+    return ids
+
+
+def labels_for(objects: list[SceneObject]) -> list[Label]:
+    """Label table matching `label_surface_points`' ids."""
+    return [
+        Label(
+            instance_id=i,
+            name=o.name,
+            category=o.category,
+            parts={pid: p.name for pid, p in zip(pids, o.parts, strict=True)},
+        )
+        for i, (o, pids) in enumerate(zip(objects, _part_ids(objects), strict=True), start=1)
+    ]
+
+
+# --------------------------------------------------------------------------- renderer
+class NerfRenderer:
+    """Renders a scene bundle through nerfstudio; implements egosynth.render.base.Renderer."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        world_from_scene: NDArray[np.floating] | None = None,
+        objects: list[SceneObject] | None = None,
+        device: str | None = None,
+        chunk_rays: int | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.device = pick_device(device)
+        self.world_from_scene = (
+            np.asarray(world_from_scene, dtype=np.float64)
+            if world_from_scene is not None
+            else bundle.meta.world_from_scene.matrix()
+        )
+        ann = bundle.annotations
+        self.objects: list[SceneObject] = list(
+            objects if objects is not None else (ann.objects if ann is not None else [])
+        )
+        # CPU: small chunks were measured faster (4 k > 16 k rays); GPUs want big batches.
+        self.chunk_rays = chunk_rays or (4096 if self.device == "cpu" else 1 << 16)
+        self.model = build_model(bundle.meta, bundle.load_weights(), self.device, bundle.root)
+
+    @classmethod
+    def from_bundle(cls, path: str | Path, device: str | None = None) -> NerfRenderer:
+        return cls(read_bundle(path), device=device)
+
+    @classmethod
+    def from_scene(cls, scene: SceneConfig, device: str | None = None) -> NerfRenderer:
+        """Open the bundle a `backend: nerf` scene config points at.
+
+        Fields the scene config sets explicitly (world_from_scene, objects) override the
+        bundle's own annotations; otherwise the bundle's are used.
+        """
+        bundle = read_bundle(scene.bundle_path())
+        given = scene.model_fields_set
+        wfs = scene.world_from_scene.matrix() if "world_from_scene" in given else None
+        objects = list(scene.objects) if "objects" in given else None
+        return cls(bundle, world_from_scene=wfs, objects=objects, device=device)
+
+    # ----------------------------------------------------------------- public API
+    def labels(self) -> list[Label]:
+        return labels_for(self.objects)
+
+    def cameras(
+        self, cam_to_world: NDArray[np.floating], K: NDArray[np.floating], width: int, height: int
+    ) -> tuple[Any, float]:
+        """nerfstudio Cameras for OpenCV world-metre poses, and the model-units-per-metre k."""
+        poses, k = model_poses(cam_to_world, self.world_from_scene, self.bundle.meta)
+        return nerfstudio_cameras(poses, K, width, height), k
+
+    def render_raw(
+        self, cam_to_world: NDArray[np.floating], K: NDArray[np.floating], width: int, height: int
+    ) -> dict[str, NDArray[np.float32]]:
+        """rgb (N,H,W,3) float in [0,1], distance (N,H,W) in model units, accumulation (N,H,W)."""
+        import torch
+
+        cams, _ = self.cameras(cam_to_world, K, width, height)
+        n = len(cams)
+        cams = cams.to(self.device)
+        hw = height * width
+        # Pixel grid shared by all cameras; rays are generated chunk by chunk to bound memory.
+        ii, jj = torch.meshgrid(
+            torch.arange(height, device=self.device),
+            torch.arange(width, device=self.device),
+            indexing="ij",
+        )
+        coords = torch.stack([ii, jj], -1).reshape(-1, 2).float() + 0.5  # nerfstudio's offset
+        total = n * hw
+        rgb = torch.empty((total, 3), dtype=torch.float32)
+        dist = torch.empty((total,), dtype=torch.float32)
+        acc = torch.empty((total,), dtype=torch.float32)
+        with torch.inference_mode():
+            for start in range(0, total, self.chunk_rays):
+                idx = torch.arange(start, min(start + self.chunk_rays, total), device=self.device)
+                cam_idx = (idx // hw)[:, None]
+                bundle = cams.generate_rays(camera_indices=cam_idx, coords=coords[idx % hw])
+                # Appearance embeddings are averaged at eval; index 0 keeps lookups in range.
+                bundle.camera_indices = torch.zeros_like(bundle.camera_indices)
+                out = self._render_rays(bundle)
+                sl = slice(start, start + len(idx))
+                rgb[sl] = out["rgb"].float().cpu()
+                dist[sl] = out["depth"].float().reshape(-1).cpu()
+                acc[sl] = out["accumulation"].float().reshape(-1).cpu()
+        return {
+            "rgb": rgb.reshape(n, height, width, 3).numpy(),
+            "distance": dist.reshape(n, height, width).numpy(),
+            "accumulation": acc.reshape(n, height, width).numpy(),
+        }
+
+    def render(
+        self,
+        cam_to_world: NDArray[np.floating],
+        K: NDArray[np.floating],
+        width: int,
+        height: int,
+    ) -> Frames:
+        c2w = np.asarray(cam_to_world, dtype=np.float64).reshape(-1, 4, 4)
+        n = len(c2w)
+        Ks = _intrinsics(K, n)
+        raw = self.render_raw(c2w, Ks, width, height)
+        _, k = model_poses(c2w[:1], self.world_from_scene, self.bundle.meta)
+        frames = Frames.empty(n, height, width)
+        frames.rgb[:] = np.clip(np.round(raw["rgb"] * 255.0), 0, 255).astype(np.uint8)
+        frames.accumulation[:] = raw["accumulation"]
+        surface = raw["accumulation"] > SURFACE_ACCUMULATION
+        from egosynth.camera import pixel_centers
+
+        uv = pixel_centers(width, height)
+        for i in range(n):
+            z = distance_to_depth(raw["distance"][i] / k, Ks[i])
+            z = np.where(surface[i], z, 0.0)
+            frames.depth[i] = z
+            if self.objects:
+                pts = unproject(uv, z, Ks[i], c2w[i])
+                frames.instance[i], frames.part[i] = label_surface_points(
+                    pts, surface[i], self.objects
+                )
+        return frames
+
+    # ----------------------------------------------------------------- internals
+    def _render_rays(self, ray_bundle: Any) -> dict[str, Any]:
+        """nerfacto's eval forward pass, computing colour only where it can show.
+
+        Same samplers, field and renderers as nerfacto's get_outputs; the difference is that the
+        colour head runs only on samples whose compositing weight exceeds WEIGHT_EPS (empty and
+        occluded space cannot change a pixel by more than that).
+        """
+        import torch
+        from nerfstudio.field_components.field_heads import FieldHeadNames
+
+        m = self.model
+        ray_bundle = m.collider(ray_bundle)
+        ray_samples, _, _ = m.proposal_sampler(ray_bundle, density_fns=m.density_fns)
+        density, embedding = m.field.get_density(ray_samples)
+        weights = ray_samples.get_weights(density)
+        keep = weights[..., 0] > WEIGHT_EPS
+        rgb_samples = torch.zeros((*weights.shape[:-1], 3), device=weights.device)
+        if bool(keep.any()):
+            kept = m.field.get_outputs(ray_samples[keep], density_embedding=embedding[keep])
+            rgb_samples[keep] = kept[FieldHeadNames.RGB].to(rgb_samples.dtype)
+        return {
+            "rgb": m.renderer_rgb(rgb=rgb_samples, weights=weights),
+            "depth": m.renderer_depth(weights=weights, ray_samples=ray_samples),
+            "accumulation": m.renderer_accumulation(weights=weights),
+        }
+
+    def render_reference(
+        self, cam_to_world: NDArray[np.floating], K: NDArray[np.floating], width: int, height: int
+    ) -> dict[str, NDArray[np.float32]]:
+        """The same views through nerfstudio's own per-camera `get_outputs_for_camera` loop."""
+        cams, _ = self.cameras(cam_to_world, K, width, height)
+        cams = cams.to(self.device)
+        rgb, dist, acc = [], [], []
+        for i in range(len(cams)):
+            out = self.model.get_outputs_for_camera(cams[i : i + 1])
+            rgb.append(out["rgb"].cpu().numpy())
+            dist.append(out["depth"][..., 0].cpu().numpy())
+            acc.append(out["accumulation"][..., 0].cpu().numpy())
+        return {"rgb": np.stack(rgb), "distance": np.stack(dist), "accumulation": np.stack(acc)}
+
+
+# --------------------------------------------------------------------------- trainer adapter
+def trainer_config(
+    method: str,
+    data: Path,
+    output_dir: Path,
+    experiment: str,
+    iterations: int,
+    model_settings: dict[str, Any],
+    rays_per_batch: int | None,
+    steps_per_save: int,
+    device: str,
+    depth_unit_scale: float | None = None,
+) -> Any:
+    """A nerfstudio TrainerConfig for `method`, for an offline, viewer-less, resumable fit."""
+    from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
+
+    cfg = _method_config(method)
+    cfg.data = Path(data)
+    cfg.output_dir = Path(output_dir)
+    cfg.experiment_name = experiment
+    cfg.timestamp = "run"  # a fixed run folder, so a second call finds the checkpoint to resume
+    cfg.max_num_iterations = iterations
+    cfg.steps_per_save = steps_per_save
+    cfg.steps_per_eval_batch = cfg.steps_per_eval_image = 10**9  # no eval passes during the fit
+    cfg.steps_per_eval_all_images = 10**9
+    cfg.save_only_latest_checkpoint = True
+    cfg.vis = "none"  # no viewer, no tensorboard/wandb: none of the is_*_enabled() match
+    cfg.logging.local_writer.enable = False  # egosynth shows its own progress bar
+    cfg.machine.device_type = "cuda" if device.startswith("cuda") else "cpu"
+    dm = cfg.pipeline.datamanager
+    if device == "cpu" and type(dm).__name__ == "ParallelDataManagerConfig":
+        # Worker processes re-import nerfstudio (~17 s each) for no gain on 2 cores.
+        cfg.pipeline.datamanager = VanillaDataManagerConfig(
+            dataparser=dm.dataparser,
+            train_num_rays_per_batch=dm.train_num_rays_per_batch,
+            eval_num_rays_per_batch=dm.eval_num_rays_per_batch,
+        )
+        dm = cfg.pipeline.datamanager
+    dm.data = dm.dataparser.data = Path(data)  # what `ns-train --data` sets
+    if rays_per_batch:
+        dm.train_num_rays_per_batch = dm.eval_num_rays_per_batch = rays_per_batch
+    if depth_unit_scale is not None:
+        dm.dataparser.depth_unit_scale_factor = depth_unit_scale
+    cfg.pipeline.model = model_config_from_settings(method, model_settings, Path("<preset>"))
+    if device == "cpu":
+        cfg.mixed_precision = False
+    return cfg
+
+
+def run_trainer(cfg: Any, on_step: Callable[[int, float], None]) -> Path:
+    """Run nerfstudio's Trainer on `cfg` up to cfg.max_num_iterations TOTAL steps.
+
+    Resumes from the run folder's latest checkpoint if there is one (loaded weights-only with
+    the numpy allow-list). `on_step(step, loss)` is called after every iteration. Returns the
+    run folder (nerfstudio's base dir: config.yml, dataparser_transforms.json, checkpoints).
+    """
+    import torch
+    from nerfstudio.engine.trainer import Trainer
+
+    from egosynth.nerf.bundle import numpy_allow_list
+
+    total = cfg.max_num_iterations
+    ckpt_dir = cfg.get_checkpoint_dir()
+    if ckpt_dir.is_dir() and any(ckpt_dir.glob("step-*.ckpt")):
+        cfg.load_dir = ckpt_dir
+    cfg.get_base_dir().mkdir(parents=True, exist_ok=True)
+    cfg.save_config()
+    trainer = Trainer(cfg)
+    with offline_model_construction(), torch.serialization.safe_globals(numpy_allow_list()):
+        trainer.setup()
+    # nerfstudio runs max_num_iterations MORE steps after a resume; we want a total.
+    trainer.config.max_num_iterations = max(0, total - trainer._start_step)
+    if trainer.config.max_num_iterations == 0:
+        return cfg.get_base_dir()
+    inner = trainer.train_iteration
+
+    def train_iteration(step: int) -> Any:
+        out = inner(step)
+        on_step(step, float(out[0]))
+        return out
+
+    trainer.train_iteration = train_iteration  # type: ignore[method-assign]
+    trainer.train()
+    return cfg.get_base_dir()
+
+
+def start_step(cfg: Any) -> int:
+    """The step a fit resumes from (0 when there is no checkpoint), without loading it."""
+    ckpt_dir = cfg.get_checkpoint_dir()
+    steps = (
+        [int(p.stem.split("-")[1]) for p in ckpt_dir.glob("step-*.ckpt")]
+        if ckpt_dir.is_dir()
+        else []
+    )
+    return max(steps) + 1 if steps else 0
+
+
+# --------------------------------------------------------------------------- import adapter
+def read_run_config(config_yml: Path) -> dict[str, Any]:
+    """Read a nerfstudio run's config.yml (python-object YAML) ONCE, at import time only.
+
+    This is the single place egosynth constructs python objects from YAML, and it only ever
+    runs on a user's own nerfstudio output folder when they ask to import it; what comes out is
+    plain data that goes into the bundle.
+    """
+    import yaml
+    from nerfstudio.engine.trainer import TrainerConfig
+
+    try:
+        cfg = yaml.load(config_yml.read_text(), Loader=yaml.Loader)
+    except yaml.YAMLError as exc:
+        raise EgosynthError(f"{config_yml}: not a readable nerfstudio config ({exc})") from None
+    if not isinstance(cfg, TrainerConfig):
+        raise EgosynthError(f"{config_yml}: not a nerfstudio TrainerConfig")
+    dp = cfg.pipeline.datamanager.dataparser
+    return {
+        "method": cfg.method_name,
+        "model_settings": plain_model_settings(cfg.pipeline.model),
+        "scene_scale": float(getattr(dp, "scene_scale", 1.0)),
+        "data": str(cfg.data) if cfg.data is not None else None,
+    }
