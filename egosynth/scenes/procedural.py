@@ -455,7 +455,8 @@ def parse_spec(procedural: dict[str, Any], source: object = "<scene>") -> Proced
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = "procedural." + ".".join(str(p) for p in err["loc"])
-        raise ConfigError(source, loc, err.get("input"), err["msg"]) from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(source, loc, err.get("input"), msg) from None
 
 
 def build_mesh(lay: Layout) -> SceneMesh:
