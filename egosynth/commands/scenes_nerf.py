@@ -1,19 +1,107 @@
-"""`egosynth scenes fit | import | check`: NeRF scene bundles (issue 4; stubs for now).
+"""`egosynth scenes fit | import | check`: NeRF scene bundles (docs/bundles.md).
 
 Registered into the `scenes` subcommand group by egosynth.commands.scenes via
 `register_nerf(subparsers)`. Keep this module light: nerfstudio is imported only inside
-the functions that run.
+the functions that run (through egosynth.render.nerf).
 """
 
 from __future__ import annotations
 
 import argparse
-
-from egosynth.commands import add_stub
+from pathlib import Path
 
 
 def register_nerf(sub: argparse._SubParsersAction) -> None:
     """Add the NeRF-bundle subcommands to the `scenes` group."""
-    add_stub(sub, "fit", "Fit a NeRF scene bundle on a capture", "issue 4")
-    add_stub(sub, "import", "Import a nerfstudio output folder as a scene bundle", "issue 4")
-    add_stub(sub, "check", "Check a NeRF scene bundle against its capture", "issue 4")
+    f = sub.add_parser(
+        "fit",
+        help="Fit a NeRF (nerfstudio nerfacto) on a scene's capture and write its bundle",
+        description="Capture the scene (unless --capture is given), fit nerfacto with "
+        "nerfstudio's trainer offline, and write a scene bundle. Re-running resumes from the "
+        "last checkpoint. Presets: cpu-small (2-core CPU, bundles < 10 MB), gpu (nerfacto "
+        "defaults).",
+    )
+    f.add_argument("scene", type=Path, help="scene config YAML (backend mesh), or a capture folder")
+    f.add_argument("--preset", choices=["cpu-small", "gpu"], default="cpu-small")
+    f.add_argument("--capture", type=Path, default=None, help="capture folder to fit on")
+    f.add_argument("--out", type=Path, default=None,
+                   help="bundle folder (default scene_bundles/<name>)")  # fmt: skip
+    f.add_argument("--runs", type=Path, default=None, help="nerfstudio output dir for the run")
+    f.add_argument("--iterations", type=int, default=None, help="override the preset's total")
+    f.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    f.set_defaults(func=run_fit)
+
+    i = sub.add_parser(
+        "import",
+        help="Import a nerfstudio output folder as a scene bundle",
+        description="Turn a nerfstudio run (config.yml, dataparser_transforms.json, "
+        "nerfstudio_models/) into a bundle. Its config.yml is read once, here. Without "
+        "--annotations the bundle renders rgb and depth but no masks.",
+    )
+    i.add_argument("folder", type=Path, help="nerfstudio output folder (containing one run)")
+    i.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    i.add_argument("--annotations", type=Path, default=None,
+                   help="scene config with objects, floor and world_from_scene")  # fmt: skip
+    i.set_defaults(func=run_import)
+
+    c = sub.add_parser(
+        "check",
+        help="Check a NeRF bundle against its mesh ground truth on held-out egocentric views",
+        description="PSNR, SSIM, median depth error and instance IoU on held-out egocentric "
+        "stereo views, and a side-by-side PNG.",
+    )
+    c.add_argument("target", type=Path, help="bundle folder or scene config (backend nerf)")
+    c.add_argument("--frames", type=int, default=4, help="walker frames (x2 eyes)")
+    c.add_argument("--size", type=int, nargs=2, default=(128, 96), metavar=("W", "H"))
+    c.add_argument("--picture", type=Path, default=None, help="side-by-side PNG path")
+    c.add_argument("--device", default=None)
+    c.set_defaults(func=run_check)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    from egosynth.config import load_scene
+    from egosynth.errors import EgosynthError
+    from egosynth.nerf.bundle import bundle_size_bytes
+    from egosynth.nerf.fit import default_paths, ensure_capture, fit_capture, fit_scene
+    from egosynth.nerf.importer import import_run
+
+    if args.scene.is_dir():  # a bare capture: no annotations, bundle renders rgb + depth
+        if args.out is None:
+            raise EgosynthError(f"{args.scene}: fitting a capture folder needs --out <bundle>")
+        runs = args.runs or Path("outputs") / "nerf_runs" / args.preset
+        run = fit_capture(args.scene, runs, args.preset, args.iterations, args.device)
+        out = import_run(run, args.out, provenance={"preset": args.preset})
+    else:
+        scene = load_scene(args.scene)
+        if scene.backend != "mesh":
+            raise EgosynthError(
+                f"{args.scene}: backend = {scene.backend!r}: fit needs a mesh scene"
+            )
+        cap, runs, bundle = default_paths(scene, args.preset)
+        capture = args.capture or ensure_capture(scene, cap, args.preset)
+        out = fit_scene(scene, capture, args.out or bundle, args.runs or runs, args.preset,
+                        args.iterations, args.device)  # fmt: skip
+    print(f"wrote bundle {out} ({bundle_size_bytes(out) / 1e6:.1f} MB)")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from egosynth.config import load_scene
+    from egosynth.nerf.bundle import bundle_size_bytes
+    from egosynth.nerf.importer import import_run
+
+    ann = load_scene(args.annotations) if args.annotations else None
+    out = import_run(args.folder, args.out, annotations=ann)
+    masks = "with annotations" if ann else "no annotations: rgb and depth only"
+    print(f"wrote bundle {out} ({bundle_size_bytes(out) / 1e6:.1f} MB, {masks})")
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from egosynth.nerf.check import check
+
+    picture = args.picture or Path("outputs") / f"check_{args.target.stem}.png"
+    res = check(args.target, args.frames, args.size[0], args.size[1], picture, args.device)
+    print("\n".join(res.lines()))
+    print(f"side-by-side: {picture}")
+    return 0
