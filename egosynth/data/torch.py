@@ -1,0 +1,207 @@
+"""PyTorch datasets over egosynth clip stores (the only egosynth.data module importing torch).
+
+* `WindowIterableDataset` + `WindowDataLoader`: the streaming path. The dataset yields whole
+  batches (DataLoader `batch_size=None`), sharded by rank and DataLoader worker so every window
+  of an epoch is read once; `WindowDataLoader` counts the batches it hands out, which is all
+  `state_dict()` needs to resume mid-epoch, with any number of workers.
+* `WindowDataset` + `EpochSampler`: map-style random access to single windows.
+
+Tensor layout is the numpy layout of egosynth.data.core (rgb (B, T, E, 3, H, W) uint8, ...),
+except `instance`, which becomes int32 (torch's uint16 supports few operations), and
+`clip_id`, which is a list of str.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
+
+from egosynth.data.core import (
+    WindowLoader,
+    epoch_order,
+    used_windows,
+)
+from egosynth.errors import EgosynthError
+
+
+def to_torch(batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """numpy batch -> tensors without copies (strides kept), except uint16 -> int32."""
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if value.dtype.kind == "U":
+            out[key] = value.tolist()
+        elif value.dtype == np.uint16:
+            out[key] = torch.from_numpy(value.astype(np.int32))
+        else:
+            out[key] = torch.from_numpy(value)
+    return out
+
+
+def _dist_rank_world(rank: int | None, world_size: int | None) -> tuple[int | None, int | None]:
+    """Fill rank/world from an initialised torch.distributed group (else the env is used)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if rank is None:
+            rank = torch.distributed.get_rank()
+        if world_size is None:
+            world_size = torch.distributed.get_world_size()
+    return rank, world_size
+
+
+class WindowIterableDataset(IterableDataset):
+    """Batches of windows for this rank, split across DataLoader workers.
+
+    Takes WindowLoader's keyword arguments (length, stride, skip, fields, eyes, batch_size,
+    shuffle, seed, block, drop_last, rank, world_size, cache_bytes, live, ...). Use it with
+    `WindowDataLoader` (or a DataLoader with `batch_size=None`).
+    """
+
+    def __init__(
+        self,
+        sources: str | Path | Sequence[str | Path] | None = None,
+        *,
+        loader: WindowLoader | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if loader is None:
+            if sources is None:
+                raise EgosynthError("WindowIterableDataset: give sources or a WindowLoader")
+            kwargs["rank"], kwargs["world_size"] = _dist_rank_world(
+                kwargs.get("rank"), kwargs.get("world_size")
+            )
+            loader = WindowLoader(sources, **kwargs)
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for batch in self.loader.batches(worker, num_workers):
+            yield to_torch(batch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+
+class WindowDataLoader:
+    """A DataLoader over a WindowIterableDataset that can save and restore its position.
+
+    >>> ds = WindowIterableDataset("clips.zarr", length=8, stride=4, batch_size=32, seed=0)
+    >>> loader = WindowDataLoader(ds, num_workers=4, pin_memory=True)
+    >>> loader.load_state_dict(ckpt["loader"])          # optional: resume mid-epoch
+    >>> for epoch in range(start_epoch, n_epochs):
+    ...     loader.set_epoch(epoch)
+    ...     for batch in loader:
+    ...         ...
+    ...         ckpt = {"loader": loader.state_dict(), ...}
+
+    Workers are started per epoch (persistent workers would keep a stale epoch).
+    """
+
+    def __init__(self, dataset: WindowIterableDataset, **dataloader_kwargs: Any) -> None:
+        for bad in ("batch_size", "shuffle", "sampler", "batch_sampler", "persistent_workers"):
+            if dataloader_kwargs.get(bad):
+                raise EgosynthError(
+                    f"WindowDataLoader: {bad} = {dataloader_kwargs[bad]!r}: batching, "
+                    "shuffling and sharding are the dataset's (WindowLoader arguments)"
+                )
+            dataloader_kwargs.pop(bad, None)
+        self.dataset = dataset
+        self.kwargs = dataloader_kwargs
+
+    @property
+    def loader(self) -> WindowLoader:
+        return self.dataset.loader
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        state = self.loader
+        if not state.live and state.batches_done >= len(state):
+            state.batches_done = 0  # a finished epoch iterated again starts over
+        # The DataLoader pickles the dataset into its workers here, with the resume position.
+        for batch in DataLoader(self.dataset, batch_size=None, **self.kwargs):
+            state.batches_done += 1
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.loader.load_state_dict(state)
+
+
+class WindowDataset(Dataset):
+    """Map-style: item i is window i of the index (clip-major), as tensors without a batch axis.
+
+    Pair it with `EpochSampler` (or DistributedSampler) and a DataLoader with a batch_size.
+    """
+
+    def __init__(self, sources: str | Path | Sequence[str | Path], **kwargs: Any) -> None:
+        for bad in ("batch_size", "live", "rank", "world_size"):
+            if bad in kwargs:
+                raise EgosynthError(f"WindowDataset: {bad} is not an argument of a map dataset")
+        self.windows = WindowLoader(sources, batch_size=1, shuffle=False, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.windows.index)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"window {i} out of range [0, {len(self)})")
+        batch = self.windows.read_windows(np.array([i % len(self)]))
+        return {k: v[0] for k, v in to_torch(batch).items()}
+
+
+class EpochSampler(Sampler[int]):
+    """Window ids in the (seed, epoch) order of egosynth.data.epoch_order, this rank's share.
+
+    Rank r of R takes positions r, r + R, ... of the global order (drop_last: the same number
+    on every rank, as DDP needs).
+    """
+
+    def __init__(
+        self,
+        dataset: WindowDataset,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        block: int = 1,
+        rank: int | None = None,
+        world_size: int | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        from egosynth.data.core import Shard, env_rank_world
+
+        rank, world_size = _dist_rank_world(rank, world_size)
+        env_rank, env_world = env_rank_world()
+        self.rank = env_rank if rank is None else rank
+        self.world_size = env_world if world_size is None else world_size
+        Shard(self.rank, self.world_size)
+        self.index = dataset.windows.index
+        self.seed, self.shuffle, self.block, self.drop_last = seed, shuffle, block, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _n_used(self) -> int:
+        return used_windows(len(self.index), 1, self.world_size, self.drop_last)
+
+    def __iter__(self) -> Iterator[int]:
+        order = epoch_order(self.index, self.seed, self.epoch, self.shuffle, self.block)
+        return iter(order[self.rank : self._n_used() : self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self._n_used(), self.world_size))
