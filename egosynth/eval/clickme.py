@@ -333,7 +333,7 @@ def encode_jpeg(image: np.ndarray, quality: int = DEFAULT_JPEG_QUALITY) -> bytes
 
 
 # =========================================================================== ClickMe samples
-@dataclass
+@dataclass(eq=False)  # arrays: compare fields explicitly
 class ClickMeSample:
     """One ClickMe image: uint8 image (H, W, 3), heatmap (H, W), ImageNet label."""
 
