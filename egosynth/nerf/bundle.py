@@ -72,7 +72,8 @@ def numpy_allow_list() -> list[Any]:
     return allow
 
 
-_GLOBAL_RE = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+# torch words it "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y whose module ...".
+_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
 
 
 def safe_torch_load(path: Path) -> Any:

@@ -92,3 +92,44 @@ def write_capture(folder: str | Path, n_views: int = 12, size: int = 32) -> Path
     }
     (folder / "transforms.json").write_text(json.dumps(meta, indent=1))
     return folder
+
+
+# A deliberately tiny nerfacto for tests: a few seconds of fitting on a 2-core CPU.
+TINY_SETTINGS = {
+    "log2_hashmap_size": 12,
+    "num_levels": 4,
+    "max_res": 256,
+    "hidden_dim": 16,
+    "hidden_dim_color": 16,
+    "num_proposal_samples_per_ray": [16, 8],
+    "num_nerf_samples_per_ray": 8,
+    "proposal_net_args_list": [
+        {
+            "hidden_dim": 8,
+            "log2_hashmap_size": 10,
+            "num_levels": 3,
+            "max_res": 64,
+            "use_linear": False,
+        },
+    ]
+    * 2,
+    "appearance_embed_dim": 4,
+}
+
+
+def tiny_fit(base: str | Path, iterations: int = 12) -> tuple[Path, Path]:
+    """Capture the analytic scene and fit a tiny nerfacto on it under `base` (memoised on disk).
+
+    Returns (capture folder, nerfstudio output dir). Several test modules share one fit per
+    pytest session by passing the same session base folder.
+    """
+    from egosynth.nerf.fit import fit_capture
+
+    base = Path(base)
+    capture, runs = base / "capture", base / "runs"
+    done = base / "fit.done"
+    if not done.exists():
+        write_capture(capture, n_views=8, size=32)
+        fit_capture(capture, runs, iterations=iterations, overrides=TINY_SETTINGS, progress=False)
+        done.write_text("ok\n")
+    return capture, runs
