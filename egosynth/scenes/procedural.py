@@ -49,7 +49,9 @@ if TYPE_CHECKING:
 
 GENERATOR_VERSION = 1
 WALL_THICKNESS = 0.1
-WALK_CLEARANCE = 0.3  # free space kept connected for a walker of this radius
+# Free space is kept in one piece for a walker of this radius (0.3 m clearance plus the 5 cm
+# planning margin of egosynth.motion.FloorPlan, so walkers and captures can reach all of it).
+WALK_CLEARANCE = 0.35
 OBJECT_GAP = 0.45  # objects keep this far from walls, furniture and each other
 
 
@@ -213,7 +215,7 @@ def _connected(floor: Polygon, blocked: list[Polygon]) -> bool:
     free = floor.buffer(-WALK_CLEARANCE)
     if blocked:
         free = free.difference(unary_union([b.buffer(WALK_CLEARANCE) for b in blocked]))
-    if free.is_empty or free.area < 0.35 * floor.area:
+    if free.is_empty or free.area < 0.25 * floor.area:
         return False
     parts = getattr(free, "geoms", [free])
     return max(p.area for p in parts) >= 0.98 * free.area
@@ -293,8 +295,12 @@ def _place_furniture(
                 continue
             s = rng.uniform(fw / 2 + 0.1, along - fw / 2 - 0.1)
             off = fd / 2 + 0.02
-            x, y = [(s, off), (lay.width - off, s), (lay.width - s, lay.depth - off),
-                    (off, lay.depth - s)][wall]
+            x, y = [
+                (s, off),
+                (lay.width - off, s),
+                (lay.width - s, lay.depth - off),
+                (off, lay.depth - s),
+            ][wall]
         else:
             yaw = float(rng.uniform(0.0, 180.0))
             x, y = rng.uniform(1.0, lay.width - 1.0), rng.uniform(1.0, lay.depth - 1.0)
