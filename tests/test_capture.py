@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 import shapely
 
-from egosynth.camera import look_at, opencv_to_opengl, pixel_centers, project, unproject
+from egosynth.camera import (
+    intrinsics_from_fov,
+    look_at,
+    opencv_to_opengl,
+    pixel_centers,
+    project,
+    unproject,
+)
 from egosynth.config import REPO_ROOT, load_scene
 from egosynth.motion.floorplan import FloorPlan
 from egosynth.scenes.capture import (
@@ -101,7 +108,7 @@ def _warp(cap: Capture, a: int, b: int, T_b: np.ndarray) -> tuple[float, float, 
     pts = unproject(uv[da > 0], da[da > 0], cap.K, cap.cam_to_world[a])
     rgb_a = cap.rgb(a).reshape(-1, 3)[da > 0].astype(float)
     uvb, zb = project(pts, cap.K, T_b)
-    inb = (zb > 0.1) & (uvb[:, 0] >= 1) & (uvb[:, 0] < w - 1) & (uvb[:, 1] >= 1) & (uvb[:, 1] < h - 1)
+    inb = (zb > 0.1) & np.all((uvb >= 1) & (uvb < np.array([w, h]) - 1), axis=1)
     if inb.sum() < 200:
         return 0.0, np.inf, int(inb.sum())
     db = _bilinear(cap.depth(b), uvb[inb])[:, 0]
@@ -137,29 +144,27 @@ def test_photo_consistency_of_warped_views(capture: Capture) -> None:
 
 def test_close_views_warp_almost_exactly(tmp_path: Path) -> None:
     # two hand-placed eyes 20 cm apart looking at the same object: a strict consistency check
+    from egosynth.render.mesh import MeshRenderer
+
     scene = load_scene(ROOM_1)
     target = np.array(scene.objects[0].center)
     eye = target + np.array([1.5, 0.0, 1.0])
     plan = FloorPlan(scene.floor, [o.polygon for o in scene.obstacles], 0.2)
     if not plan.walkable(eye[None, :2])[0]:
         eye = target + np.array([-1.5, 0.0, 1.0])
-    from egosynth.render.mesh import MeshRenderer
-
-    r = MeshRenderer.from_scene(scene)
-    T = np.stack([look_at(eye, target), look_at(eye + [0.0, 0.2, 0.05], target)])
-    cap_settings = replace(SETTINGS, n_views=2)
-    from egosynth.camera import intrinsics_from_fov
-
-    K = intrinsics_from_fov(cap_settings.width, cap_settings.height, 90.0)
-    fr = r.render(T, K, cap_settings.width, cap_settings.height)
+    T = np.stack([look_at(eye, target), look_at(eye + np.array([0.0, 0.2, 0.05]), target)])
+    w, h = SETTINGS.width, SETTINGS.height
+    K = intrinsics_from_fov(w, h, 90.0)
+    fr = MeshRenderer.from_scene(scene).render(T, K, w, h)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "depth").mkdir()
+    frames = []
     for i in range(2):
-        (tmp_path / "images").mkdir(exist_ok=True)
-        (tmp_path / "depth").mkdir(exist_ok=True)
         iio.imwrite(tmp_path / "images" / f"{i}.png", fr.rgb[i])
-        iio.imwrite(tmp_path / "depth" / f"{i}.png", np.round(fr.depth[i] * 1000).astype(np.uint16))
-    frames = [{"file_path": f"images/{i}.png", "depth_file_path": f"depth/{i}.png"} for i in range(2)]
-    cap = Capture(T, K, cap_settings.width, cap_settings.height, tmp_path, frames)
-    agree, err, count = _warp(cap, 0, 1, T[1])
+        mm = np.round(fr.depth[i] * 1000).astype(np.uint16)
+        iio.imwrite(tmp_path / "depth" / f"{i}.png", mm)
+        frames.append({"file_path": f"images/{i}.png", "depth_file_path": f"depth/{i}.png"})
+    agree, err, count = _warp(Capture(T, K, w, h, tmp_path, frames), 0, 1, T[1])
     assert count > 3000 and agree > 0.9 and err < 4.0
 
 
