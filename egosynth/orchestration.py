@@ -25,7 +25,7 @@ import ray
 from tqdm import tqdm
 
 from egosynth.config import SceneConfig, SceneSetConfig
-from egosynth.errors import EgosynthError
+from egosynth.errors import ConfigError, EgosynthError
 from egosynth.plan import ClipPlan, plan_clips
 from egosynth.render.base import Renderer
 from egosynth.render_clip import config_fingerprint, render_clip, store_attrs
@@ -34,6 +34,7 @@ Device = Literal["auto", "gpu", "cpu"]
 RendererFactory = Callable[[SceneConfig, str | None], Renderer]
 ACTOR_MAX_RESTARTS = 4  # per actor; beyond that the actor is retired
 MAX_WARM_SCENES = 4  # renderers an actor keeps loaded (NeRF bundles hold GPU memory)
+KILL_WAIT_S = 20.0  # how long an interrupted driver waits for its killed actors to be gone
 
 
 def _open_renderer(scene: SceneConfig, device: str | None) -> Renderer:
@@ -59,6 +60,7 @@ class RenderReport:
     workers: int = 0
     device: str = "cpu"
     gpu_ids: list[list[Any]] = field(default_factory=list)
+    attempt_errors: list[str] = field(default_factory=list)  # "clip: error" per failed attempt
 
     @property
     def ok(self) -> bool:
@@ -184,6 +186,7 @@ def render_set(
     from egosynth.store import complete_clip_ids, finalize_store, prepare_store
 
     store_path = str(store_path)
+    _preflight(sset)
     fp = config_fingerprint(sset)
     prepare_store(store_path, fp, store_attrs(sset), overwrite=overwrite)
     plans = plan_clips(sset, clips_per_scene)
@@ -213,6 +216,13 @@ def render_set(
     return report
 
 
+def _preflight(sset: SceneSetConfig) -> None:
+    """Fail fast, before any cluster starts, on inputs every worker would trip over."""
+    for scene in sset.scene_configs:
+        if scene.backend == "nerf" and not scene.bundle_path().is_dir():
+            raise ConfigError(scene.source, "bundle", str(scene.bundle), "bundle folder not found")
+
+
 @dataclass
 class _Slot:
     actor: Any
@@ -240,6 +250,7 @@ def _run(
     report.workers, report.device = n, kind
     remote_cls = ray.remote(max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=0, **options)(_Worker)
     slots = [_Slot(remote_cls.remote(sset, store_path, factory, chunk_frames)) for _ in range(n)]
+    inflight: dict[Any, tuple[int, ClipPlan | None]] = {}
     t0 = time.perf_counter()
     bar = tqdm(
         total=len(todo), unit="clip", desc="render", disable=not progress, dynamic_ncols=True
@@ -249,11 +260,16 @@ def _run(
         report.gpu_ids = [i["gpu_ids"] for i in infos]
         if on_start:
             on_start(infos)
-        _drive(slots, todo, report, max_attempts, bar, t0, on_result)
+        _drive(slots, todo, report, max_attempts, bar, t0, on_result, inflight)
     finally:
         bar.close()
         for s in slots:  # actors hold renderers (and GPU memory): free them now
             ray.kill(s.actor, no_restart=True)
+        # ray.kill is asynchronous. On an interrupt, wait until the killed actors' calls have
+        # failed, i.e. their processes are gone, so that no stray writer can still touch a
+        # clip that the next run rewrites.
+        if inflight:
+            ray.wait(list(inflight), num_returns=len(inflight), timeout=KILL_WAIT_S)
     report.seconds = time.perf_counter() - t0
 
 
@@ -265,13 +281,23 @@ def _drive(
     bar: tqdm,
     t0: float,
     on_result: Callable[[dict[str, Any]], None] | None,
+    inflight: dict[Any, tuple[int, ClipPlan | None]],
 ) -> None:
+    """Hand clips to idle actors until every clip is done or has failed `max_attempts` times.
+
+    After a death an actor is only probed (`info`) until it answers again, so no clip is handed
+    to an actor that is still restarting (such calls fail without running).
+    """
     pending: deque[ClipPlan] = deque(todo)
     attempts: dict[str, int] = {}
-    inflight: dict[Any, tuple[int, ClipPlan]] = {}
+    # `inflight` maps a call to (actor slot, clip), clip None for a liveness probe.
     idle = list(range(len(slots)))
+    probe_at: dict[int, float] = {}  # slot -> when to probe it next
 
-    def fail_or_requeue(plan: ClipPlan, err: str) -> None:
+    def requeue(plan: ClipPlan, err: str, counts: bool = True) -> None:
+        report.attempt_errors.append(f"{plan.clip_id}: {err}")
+        if not counts:
+            attempts[plan.clip_id] -= 1
         if attempts[plan.clip_id] >= max_attempts:
             report.failed[plan.clip_id] = err
             bar.update(1)
@@ -280,44 +306,26 @@ def _drive(
             pending.appendleft(plan)
 
     while pending or inflight:
+        now = time.monotonic()
+        for i in [k for k, t in probe_at.items() if t <= now]:
+            del probe_at[i]
+            inflight[slots[i].actor.info.remote()] = (i, None)
         while idle and pending:
             i = idle.pop(0)
             plan = _pick(pending, slots[i].warm)
             attempts[plan.clip_id] = attempts.get(plan.clip_id, 0) + 1
             inflight[slots[i].actor.render.remote(plan)] = (i, plan)
-        if not inflight:  # every actor retired: nothing can make progress
+        if not inflight and not probe_at:  # every actor retired: nothing can make progress
             for plan in pending:
                 report.failed[plan.clip_id] = "no live workers left (all actors died)"
             pending.clear()
             break
-        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5) if inflight else ([], [])
+        if not inflight:
+            time.sleep(0.1)
         for ref in ready:
             i, plan = inflight.pop(ref)
-            slot = slots[i]
-            try:
-                res = ray.get(ref)
-            except ray.exceptions.ActorUnavailableError as exc:
-                # The actor may still be alive and writing: kill it so the clip never has two
-                # writers, then let Ray restart it.
-                ray.kill(slot.actor, no_restart=False)
-                _actor_died(slot, report)
-                fail_or_requeue(plan, f"worker unavailable: {_one_line(exc)}")
-            except ray.exceptions.RayActorError as exc:
-                _actor_died(slot, report)
-                fail_or_requeue(plan, f"worker died: {_one_line(exc)}")
-            except ray.exceptions.RayTaskError as exc:
-                fail_or_requeue(plan, _one_line(exc))
-            else:
-                slot.warm.add(res["scene"])
-                report.done.append(plan.clip_id)
-                report.frames += res["frames"]
-                report.render_s += res["render_s"]
-                report.write_s += res["write_s"]
-                bar.update(1)
-                if on_result:
-                    on_result(res)
-            if not slot.retired:
-                idle.append(i)
+            _settle(ref, i, plan, slots, report, requeue, idle, probe_at, bar, on_result)
         elapsed = max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix(
             fps=f"{report.frames / elapsed:.1f}",
@@ -326,6 +334,55 @@ def _drive(
             failed=len(report.failed),
             refresh=False,
         )
+
+
+def _settle(
+    ref: Any,
+    i: int,
+    plan: ClipPlan | None,
+    slots: list[_Slot],
+    report: RenderReport,
+    requeue: Callable[..., None],
+    idle: list[int],
+    probe_at: dict[int, float],
+    bar: tqdm,
+    on_result: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    """Account for one finished call (a clip or a probe) of actor `i`."""
+    slot = slots[i]
+    try:
+        res = ray.get(ref)
+    except ray.exceptions.ActorUnavailableError as exc:
+        if plan is not None:
+            # Unreachable, maybe still running: kill it so the clip never has two writers.
+            ray.kill(slot.actor, no_restart=False)
+            _actor_died(slot, report)
+            requeue(plan, f"worker unavailable: {_one_line(exc)}", counts=False)
+        probe_at[i] = time.monotonic() + 0.5  # restarting: ask again shortly
+        return
+    except ray.exceptions.RayActorError as exc:
+        if plan is None:  # died for good (restart budget spent)
+            slot.retired = True
+            return
+        _actor_died(slot, report)
+        requeue(plan, f"worker died: {_one_line(exc)}")
+        probe_at[i] = time.monotonic()
+        return
+    except ray.exceptions.RayTaskError as exc:
+        if plan is not None:
+            requeue(plan, _one_line(exc))
+    else:
+        if plan is not None:
+            slot.warm.add(res["scene"])
+            report.done.append(plan.clip_id)
+            report.frames += res["frames"]
+            report.render_s += res["render_s"]
+            report.write_s += res["write_s"]
+            bar.update(1)
+            if on_result:
+                on_result(res)
+    if not slot.retired:
+        idle.append(i)
 
 
 def _actor_died(slot: _Slot, report: RenderReport) -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -274,8 +275,13 @@ class ClipWriter:
         root = _open_root(self.path, "r+")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*onsolidated metadata.*")
+            # The token fences off a stray earlier writer: only the writer whose token is in
+            # the group may mark it complete (it is dropped from the final attrs).
+            self.token = uuid.uuid4().hex
             self.group = root[CLIPS].create_group(
-                clip_id, overwrite=True, attributes={**self.attrs, "status": WRITING}
+                clip_id,
+                overwrite=True,
+                attributes={**self.attrs, "status": WRITING, "writer": self.token},
             )
         T, tc, comp = n_frames, self.chunk_frames, compressors(cname)
         self.arrays: dict[str, zarr.Array] = {}
@@ -331,6 +337,12 @@ class ClipWriter:
 
     def complete(self, extra_attrs: Mapping[str, Any] | None = None) -> None:
         """Mark the clip complete: the LAST write, after every array is on disk."""
+        current = zarr.open_group(self.group.store, path=self.group.path, mode="r").attrs
+        if current.get("writer") != self.token:
+            raise EgosynthError(
+                f"{self.path}: clip {self.clip_id} was taken over by another writer; not marking "
+                "it complete"
+            )
         self.group.attrs.put({**self.attrs, **(extra_attrs or {}), "status": COMPLETE})
 
 

@@ -90,3 +90,24 @@ def tiny_set(folder, scenes=None, **overrides):
     path = Path(folder) / "tiny.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+class _Failing:
+    def render(self, cam_to_world, K, width, height) -> Frames:
+        raise RuntimeError("cannot render this scene")
+
+    def labels(self) -> list[Label]:
+        return []
+
+
+def failing_factory(bad_scene: str):
+    """A factory whose renderer raises for one scene and is the real one for the others."""
+
+    def factory(scene, device=None):
+        if scene.name == bad_scene:
+            return _Failing()
+        from egosynth.render import open_renderer
+
+        return open_renderer(scene, device)
+
+    return factory

@@ -1,0 +1,268 @@
+"""Distributed rendering on a real local Ray cluster with the real mesh backend.
+
+ONE local cluster for the module (2 CPUs and a declared fake GPU). Clips are tiny (32x24,
+12 frames) so Ray's own overhead dominates; every store is compared file by file with a
+single-process render of the same clips.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import _fake_renderer
+import pytest
+from _fake_renderer import tiny_set
+
+from egosynth.cli import main
+from egosynth.config import load_scene_set
+from egosynth.errors import EgosynthError
+from egosynth.plan import plan_clips
+from egosynth.render import open_renderer
+from egosynth.render_clip import config_fingerprint, render_clip, store_attrs
+from egosynth.store import ClipStore, finalize_store, prepare_store
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def cluster() -> str:
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="ERROR")
+    # Test-only renderer factories travel to the workers by value (tests/ is not a package).
+    ray.cloudpickle.register_pickle_by_value(_fake_renderer)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {
+        str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()
+    }
+
+
+def _reference(sset, path: Path, clips: int | None = None, chunk_frames: int | None = None):
+    """The same clips rendered single-process, no Ray: what every distributed run must equal."""
+    prepare_store(path, config_fingerprint(sset), store_attrs(sset))
+    renderers = {s.name: open_renderer(s) for s in sset.scene_configs}
+    plans = plan_clips(sset, clips)
+    for p in plans:
+        render_clip(sset, p, path, renderers[p.scene], chunk_frames)
+    finalize_store(path, [p.clip_id for p in plans])
+    return path
+
+
+def _assert_same_clips(a: Path, b: Path) -> None:
+    fa, fb = _files(a / "clips"), _files(b / "clips")
+    assert sorted(fa) == sorted(fb)
+    diff = [k for k in fa if fa[k] != fb[k]]
+    assert diff == []
+
+
+def test_two_workers_render_demo_scenes_byte_equal_to_single_process(
+    cluster: str, tmp_path: Path
+) -> None:
+    from egosynth.orchestration import render_set
+
+    sset = load_scene_set(tiny_set(tmp_path))  # the real default scenes, tiny frames
+    seen: list[str] = []
+    rep = render_set(
+        sset,
+        tmp_path / "ray.zarr",
+        workers=2,
+        device="cpu",
+        progress=False,
+        on_result=lambda r: seen.append(r["clip_id"]),
+    )
+    plans = plan_clips(sset)
+    assert len(plans) == 2 * len(sset.scene_configs) >= 4
+    assert rep.ok and rep.workers == 2 and rep.device == "cpu" and rep.frames == 12 * len(plans)
+    assert sorted(seen) == sorted(p.clip_id for p in plans)  # each clip written exactly once
+    store = ClipStore(tmp_path / "ray.zarr")
+    assert store.validate() == [] and store.attrs["store_status"] == "complete"
+    _assert_same_clips(tmp_path / "ray.zarr", _reference(sset, tmp_path / "ref.zarr"))
+
+
+def test_sigkill_worker_mid_clip_is_replaced_and_clip_redone(cluster: str, tmp_path: Path) -> None:
+    from egosynth.orchestration import render_set
+
+    sset = load_scene_set(tiny_set(tmp_path, clips_per_scene=2))
+    killed: list[int] = []
+
+    def on_result(res: dict) -> None:
+        # This worker was just handed its next clip (3 batches x 0.25 s): kill it mid-clip.
+        if not killed:
+            killed.append(res["pid"])
+            threading.Timer(0.35, os.kill, (res["pid"], signal.SIGKILL)).start()
+
+    rep = render_set(
+        sset,
+        tmp_path / "k.zarr",
+        workers=2,
+        device="cpu",
+        chunk_frames=4,
+        progress=False,
+        renderer_factory=_fake_renderer.slow_real_factory,
+        on_result=on_result,
+    )
+    assert killed and rep.ok, rep
+    assert rep.actor_restarts == 1 and rep.retries == 1, rep.attempt_errors
+    store = ClipStore(tmp_path / "k.zarr")
+    assert store.validate() == []
+    for cid in store.clip_ids():  # no frame missing or duplicated
+        t = store.clip(cid).read(names=["time"])["time"]
+        assert list(t) == [i / sset.fps for i in range(sset.frames_per_clip)]
+    ref = _reference(sset, tmp_path / "ref.zarr", chunk_frames=4)
+    _assert_same_clips(tmp_path / "k.zarr", ref)
+
+
+def test_failing_clips_reported_while_the_rest_complete(cluster: str, tmp_path: Path) -> None:
+    from egosynth.orchestration import render_set
+
+    sset = load_scene_set(tiny_set(tmp_path, clips_per_scene=1))
+    bad = sset.scene_configs[-1].name
+    rep = render_set(
+        sset,
+        tmp_path / "f.zarr",
+        workers=2,
+        device="cpu",
+        max_attempts=2,
+        progress=False,
+        renderer_factory=_fake_renderer.failing_factory(bad),
+    )
+    assert (
+        sorted(rep.failed) == [f"{bad}-0000"]
+        and "RuntimeError: cannot render" in (rep.failed[f"{bad}-0000"])
+    )
+    assert rep.retries == 1 and len(rep.done) == len(sset.scene_configs) - 1
+    store = ClipStore(tmp_path / "f.zarr")
+    assert store.attrs["store_status"] == "incomplete" and f"{bad}-0000" not in store.clip_ids()
+
+
+def test_gpu_actors_with_a_declared_fake_gpu(cluster: str, tmp_path: Path) -> None:
+    from egosynth.orchestration import render_set
+
+    sset = load_scene_set(tiny_set(tmp_path, clips_per_scene=1))
+    rep = render_set(
+        sset,
+        tmp_path / "g.zarr",
+        device="auto",
+        progress=False,
+        renderer_factory=_fake_renderer.fake_factory,
+    )
+    # One actor per GPU, each holding its GPU (the cluster has 1 fake GPU and 2 CPUs).
+    assert rep.device == "gpu" and rep.workers == 1 and rep.gpu_ids == [[0]] and rep.ok
+
+
+@pytest.mark.parametrize(
+    ("resources", "workers", "device", "want"),
+    [
+        ({"CPU": 8.0, "GPU": 2.0}, None, "auto", (2, "gpu")),
+        ({"CPU": 8.0, "GPU": 2.0}, 5, "auto", (2, "gpu")),
+        ({"CPU": 8.0, "GPU": 2.0}, 3, "cpu", (3, "cpu")),
+        ({"CPU": 2.0}, None, "auto", (2, "cpu")),
+        ({"CPU": 2.0}, 4, "cpu", (2, "cpu")),
+    ],
+)
+def test_worker_plan(resources, workers, device, want) -> None:
+    from egosynth.orchestration import worker_plan
+
+    n, options, kind = worker_plan(resources, workers, device)
+    assert (n, kind) == want
+    assert options.get("num_gpus", 0) == (1 if kind == "gpu" else 0)
+
+
+def test_gpu_request_without_gpus_is_an_error_not_a_hang() -> None:
+    from egosynth.orchestration import worker_plan
+
+    with pytest.raises(EgosynthError, match="no GPU"):
+        worker_plan({"CPU": 2.0}, None, "gpu")
+
+
+def test_cli_render_resume_and_bad_inputs(
+    cluster: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    set_path = tiny_set(tmp_path, clips_per_scene=1)
+    out = tmp_path / "cli.zarr"
+    args = ["render", str(set_path), "--out", str(out), "--workers", "2", "--no-progress"]
+    assert main(args) == 0
+    n = len(load_scene_set(set_path).scene_configs)
+    assert f"{n} clips rendered, 0 already complete" in capsys.readouterr().out
+    before = _files(out / "clips")
+    assert main([*args, "--clips", "2"]) == 0  # more clips per scene extends the same store
+    assert f"{n} clips rendered, {n} already complete" in capsys.readouterr().out
+    assert all(_files(out / "clips")[k] == v for k, v in before.items())
+    # A different clip length is another config: refused in one line, nothing touched.
+    whole = _files(out)
+    assert main([*args, "--seconds", "0.8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cli.zarr: store was made from a different config" in err
+    assert _files(out) == whole
+
+
+def test_missing_scene_file_and_bundle_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # No cluster needed: both are caught before Ray starts.
+    missing = tiny_set(tmp_path, scenes=[str(tmp_path / "nope.yaml")])
+    assert main(["render", str(missing), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nope.yaml" in err and "scene config not found" in err
+    scene = tmp_path / "nerf_scene.yaml"
+    scene.write_text(
+        "name: nerfy\nbackend: nerf\nbundle: bundles/gone\n"
+        "floor: [[0, 0], [4, 0], [4, 4], [0, 4]]\n"
+    )
+    (tmp_path / "sub").mkdir()
+    set_path = tiny_set(tmp_path / "sub", scenes=[str(scene)])
+    assert main(["render", str(set_path), "--out", str(tmp_path / "n.zarr"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nerf_scene.yaml: bundle = 'bundles/gone'" in err
+    assert not (tmp_path / "n.zarr").exists()
+
+
+def test_sigint_driver_then_rerun_equals_uninterrupted(cluster: str, tmp_path: Path) -> None:
+    # Bigger frames so the run lasts a few seconds and the interrupt lands mid-set.
+    set_path = tiny_set(tmp_path, clips_per_scene=2, resolution=[128, 96], clip_seconds=3.0)
+    out = tmp_path / "int.zarr"
+    cmd = [
+        sys.executable,
+        "-m",
+        "egosynth.cli",
+        "render",
+        str(set_path),
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+        "--device",
+        "cpu",
+        "--address",
+        cluster,
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and (out / "clips").exists() and ClipStore(out).clip_ids():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    sset = load_scene_set(set_path)
+    n_planned = len(plan_clips(sset))
+    n_before = len(ClipStore(out).clip_ids())
+    assert proc.returncode == 130 and "interrupted" in err and 0 < n_before < n_planned
+    assert (
+        main(["render", str(set_path), "--out", str(out), "--workers", "2", "--no-progress"]) == 0
+    )
+    assert ClipStore(out).validate() == []
+    _assert_same_clips(out, _reference(sset, tmp_path / "ref.zarr"))
