@@ -1,11 +1,104 @@
-"""`egosynth train`: Train slow-feature / predictive-coding encoders on clips."""
+"""`egosynth train`: train slow-feature / predictive-coding encoders on a clip store.
+
+Only argparse at module level: torch, torchvision, lightly and zarr are imported when the
+command runs. User documentation: docs/train.md.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 
-from egosynth.commands import add_stub
+DEFAULT_STORE = "outputs/demo.zarr"
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def _size(text: str) -> tuple[int, int] | None:
+    if text.lower() in ("native", "none"):
+        return None
+    vals = _ints(text)
+    if len(vals) != 2 or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT (e.g. 64x48), got {text!r}")
+    return vals[0], vals[1]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    add_stub(sub, "train", "Train slow-feature / predictive-coding encoders on clips", "issue 7")
+    p = sub.add_parser(
+        "train",
+        help="Train slow-feature / predictive-coding encoders on clips",
+        description="Train a ResNet-family encoder (and/or a PredNet) on windows of stereo "
+        "frames from a clip store, with the chosen objectives combined: slow (slowness under "
+        "SFA constraints, stereo positives), latent (CPC-style InfoNCE k frames ahead), pixel "
+        "(PredNet next-frame prediction). Logs TensorBoard scalars and diagnostics (eta, "
+        "effective rank, next-frame error vs copy-last-frame, linear probe of object category "
+        "on held-out clips) and writes weights-only checkpoints. Multi-GPU: run under "
+        "`torchrun --nproc-per-node N -m egosynth.cli train ...`. See docs/train.md.",
+    )
+    p.add_argument("store", nargs="?", default=DEFAULT_STORE, help=f"clip store ({DEFAULT_STORE})")
+    p.add_argument("--out", type=Path, default=Path("outputs/train/run"), help="run folder")
+    p.add_argument(
+        "--objective",
+        action="append",
+        default=None,
+        help="slow | latent | pixel | predictive (= latent,pixel); repeat or comma-separate "
+        "to combine (default: slow)",
+    )
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--steps", type=int, default=200)
+    g.add_argument("--batch-size", type=int, default=8, help="windows per batch (per rank)")
+    g.add_argument("--window", type=int, default=8, help="frames per window")
+    g.add_argument("--stride", type=int, default=4, help="frames between window starts")
+    g.add_argument("--size", type=_size, default=(64, 48), help="WxH to resize to, or native")
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--warmup", type=int, default=10, help="linear warm-up steps")
+    g.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
+    g.add_argument("--grad-clip", type=float, default=5.0, help="0 = off")
+    g.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--deterministic", action="store_true", help="deterministic torch kernels")
+    g.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="resume from a checkpoint (default: newest in OUT)")  # fmt: skip
+    e = p.add_argument_group("encoder")
+    e.add_argument("--arch", default="resnet18", help="resnet10|resnet18|resnet34|resnet50")
+    e.add_argument("--width", type=int, default=16, help="channels of the first stage")
+    e.add_argument("--layers", type=_ints, default=None, help="blocks per stage, e.g. 1,1,1")
+    e.add_argument("--embed-dim", type=int, default=64)
+    e.add_argument("--eyes", choices=("left", "right", "both"), default="both")
+    e.add_argument("--fusion", choices=("mean", "concat"), default="mean")
+    o = p.add_argument_group("objectives")
+    o.add_argument("--constraint", choices=("penalty", "whiten"), default="penalty",
+                   help="SFA constraints: variance/covariance penalties or whitening")  # fmt: skip
+    o.add_argument("--stereo-weight", type=float, default=25.0, help="0 = no stereo positives")
+    o.add_argument("--context", choices=("gru", "tcn"), default="gru")
+    o.add_argument("--horizons", type=_ints, default=(1, 3), help="frames ahead, e.g. 1,3")
+    o.add_argument("--temperature", type=float, default=0.1)
+    o.add_argument("--pixel-channels", type=_ints, default=(3, 16, 32),
+                   help="PredNet channels per layer (first = 3)")  # fmt: skip
+    d = p.add_argument_group("logging")
+    d.add_argument("--log-every", type=int, default=10)
+    d.add_argument("--ckpt-every", type=int, default=100)
+    d.add_argument("--diag-every", type=int, default=100, help="0 = no diagnostics")
+    d.add_argument("--probe-windows", type=int, default=32, help="windows per probe split")
+    d.add_argument("--no-tensorboard", action="store_true")
+    d.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from egosynth.train.loop import run_from_args
+
+    summary = run_from_args(args)
+    print(json.dumps(summary, indent=1, sort_keys=True), file=sys.stdout)
+    return 0

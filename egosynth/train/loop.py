@@ -506,3 +506,117 @@ class Trainer:
                 self.writer.close()
         self.timing = {"wait_s": wait, "busy_s": busy}
         return self.history
+
+
+# --------------------------------------------------------------------------- CLI glue
+def probe_from_store(
+    path: str | Path, train_ids: list[str], held_ids: list[str], window: int, limit: int
+) -> ProbeData | None:
+    """Probe windows (non-overlapping, in order) of training and held-out clips, labelled by
+    each frame's dominant object category. None when there is no held-out clip."""
+    from egosynth.train.data import CategoryTable, StoreWindows, batch_categories, open_store
+
+    if not held_ids or not train_ids:
+        return None
+    table = CategoryTable.from_store(open_store(path))
+
+    def collect(ids: list[str]) -> tuple[Tensor, Tensor]:
+        src = StoreWindows(path, ids, window, window, 1, shuffle=False, drop_last=False)
+        rgb, cat = [], []
+        for batch in list(src)[:limit]:
+            rgb.append(batch["rgb"])
+            cat.append(batch_categories(batch, table))
+        return torch.cat(rgb), torch.cat(cat)
+
+    tr, tc = collect(train_ids)
+    hr, hc = collect(held_ids)
+    return ProbeData(tr, tc, hr, hc)
+
+
+def config_from_args(args: Any) -> TrainConfig:
+    enc = EncoderConfig(
+        arch=args.arch,
+        width=args.width,
+        layers=args.layers,
+        embed_dim=args.embed_dim,
+        eyes=args.eyes,
+        fusion=args.fusion,
+    )
+    slow = SlowConfig(constraint=args.constraint, stereo=args.stereo_weight)
+    return TrainConfig(
+        objectives=tuple(args.objective or ("slow",)),
+        steps=args.steps,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup=args.warmup,
+        schedule=args.schedule,
+        grad_clip=args.grad_clip,
+        amp=args.amp,
+        device=args.device,
+        seed=args.seed,
+        size=args.size,
+        deterministic=args.deterministic,
+        encoder=enc,
+        slow=slow,
+        latent_context=args.context,
+        horizons=tuple(args.horizons),
+        temperature=args.temperature,
+        pixel_channels=tuple(args.pixel_channels),
+        log_every=args.log_every,
+        ckpt_every=args.ckpt_every,
+        diag_every=args.diag_every,
+        tensorboard=not args.no_tensorboard,
+        progress=not args.no_progress,
+    )
+
+
+def summarise(trainer: Trainer) -> dict[str, Any]:
+    """Last losses (mean of the last 10 steps), first and last diagnostics, speed."""
+    steps = [h for h in trainer.history if "loss" in h]
+    tail = steps[-10:]
+    keys = sorted({k for h in tail for k in h if not k.startswith(("time/", "diag/", "probe/"))})
+    out: dict[str, Any] = {
+        "steps": trainer.step,
+        "loss": {k: sum(h.get(k, 0.0) for h in tail) / max(len(tail), 1) for k in keys},
+    }
+    out["loss"].pop("step", None)
+    out["loss"].pop("lr", None)
+    diags = [h for h in trainer.history if any(k.startswith(("diag/", "probe/")) for k in h)]
+    if diags:
+        pick = lambda h: {k: v for k, v in h.items() if k.startswith(("diag/", "probe/"))}  # noqa: E731
+        out["diagnostics_first"] = {"step": diags[0]["step"], **pick(diags[0])}
+        out["diagnostics_last"] = {"step": diags[-1]["step"], **pick(diags[-1])}
+    t = getattr(trainer, "timing", None)
+    if t and t["wait_s"] + t["busy_s"] > 0:
+        total = t["wait_s"] + t["busy_s"]
+        out["steps_per_s"] = len(steps) / total if steps else 0.0
+        out["data_wait_fraction"] = t["wait_s"] / total
+    if trainer.out is not None:
+        out["out"] = str(trainer.out)
+    return out
+
+
+def run_from_args(args: Any) -> dict[str, Any]:
+    """`egosynth train`: store -> train/held-out split -> Trainer.fit -> summary."""
+    from egosynth.train.data import StoreWindows, open_store, split_clips
+
+    cfg = config_from_args(args)
+    store = open_store(args.store)
+    ids = store.clip_ids()
+    if not ids:
+        raise EgosynthError(f"{args.store}: no complete clips")
+    train_ids, held_ids = split_clips(ids, [store.clip(c).scene for c in ids])
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    data = StoreWindows(
+        args.store, train_ids, args.window, args.stride, args.batch_size, seed=args.seed,
+        rank=rank, world=world,
+    )  # fmt: skip
+    probe = None
+    if cfg.diag_every:
+        probe = probe_from_store(args.store, train_ids, held_ids, args.window, args.probe_windows)
+    trainer = Trainer(cfg, data, out=args.out, probe=probe)
+    trainer.fit(resume=args.resume)
+    summary = summarise(trainer)
+    summary.update(train_clips=train_ids, heldout_clips=held_ids)
+    return summary

@@ -65,9 +65,9 @@ def whiten(x: Tensor, eps: float = 1e-4) -> Tensor:
             f"for embed_dim {d}); use constraint 'penalty' or a larger batch"
         )
     xc = x - x.mean(0, keepdim=True)
-    # Whitening is ill-conditioned in half precision: always do it in float32.
-    xc32 = xc.float()
-    cov = xc32.T @ xc32 / (n - 1) + eps * torch.eye(d, device=x.device)
+    # Whitening is ill-conditioned in half precision: do it in float32 at least.
+    xc32 = xc.double() if xc.dtype == torch.float64 else xc.float()
+    cov = xc32.T @ xc32 / (n - 1) + eps * torch.eye(d, device=x.device, dtype=xc32.dtype)
     chol = torch.linalg.cholesky(cov)
     return torch.linalg.solve_triangular(chol, xc32.T, upper=False).T.to(x.dtype)
 
