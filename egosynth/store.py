@@ -101,7 +101,7 @@ def _local(path: str | Path) -> Path | None:
     return Path(s.removeprefix("file://"))
 
 
-def _open_root(path: str | Path, mode: str = "r") -> zarr.Group:
+def _open_root(path: str | Path, mode: str = "r", consolidated: bool | None = None) -> zarr.Group:
     """Open the root group; readers use consolidated metadata when the driver wrote it."""
     local = _local(path)
     if local is not None and not (local / "zarr.json").is_file():
@@ -111,7 +111,7 @@ def _open_root(path: str | Path, mode: str = "r") -> zarr.Group:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*onsolidated metadata.*")
             root = zarr.open_group(
-                str(path), mode=mode, use_consolidated=None if mode == "r" else False
+                str(path), mode=mode, use_consolidated=consolidated if mode == "r" else False
             )
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise EgosynthError(f"{path}: cannot open as a Zarr store ({exc})") from None
@@ -414,9 +414,15 @@ class ClipStore:
     ...     window = clip.read(0, 8, ["rgb", "depth"])   # rgb (8, 2, H, W, 3)
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, consolidated: bool | None = None) -> None:
+        """Open a store for reading.
+
+        `consolidated`: None uses the consolidated metadata when present (one read for the
+        whole tree; it is a snapshot taken when the last run finished); False lists the
+        store itself (what `inspect` does, to show clips written since).
+        """
         self.path = str(path)
-        self.root = _open_root(path, "r")
+        self.root = _open_root(path, "r", consolidated)
 
     @property
     def attrs(self) -> dict[str, Any]:

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     from egosynth.store import ClipStore
 
-    store = ClipStore(args.store)
+    store = ClipStore(args.store, consolidated=False)  # the truth, not the last snapshot
     a = store.attrs
     ids = store.clip_ids(include_incomplete=True)
     print(
