@@ -190,3 +190,17 @@ def test_nerfstudio_dataparser_loads_the_capture(capture: Capture) -> None:
     expect_t = (gl[:, :3, 3] @ M[:, :3].T + M[:, 3]) * out.dataparser_scale
     torch.testing.assert_close(cams.camera_to_worlds[:, :3, :3], expect_R, atol=1e-4, rtol=0)
     torch.testing.assert_close(cams.camera_to_worlds[:, :3, 3], expect_t, atol=1e-4, rtol=0)
+
+
+def test_cli_capture_and_preview(tmp_path: Path) -> None:
+    from egosynth.cli import main
+
+    out = tmp_path / "cap"
+    args = ["scenes", "capture", str(ROOM_1), "--out", str(out), "--views", "3"]
+    assert main([*args, "--size", "32", "24", "--no-masks"]) == 0
+    meta = json.loads((out / "transforms.json").read_text())
+    assert len(meta["frames"]) == 3 and not (out / "instance").exists()
+    png = tmp_path / "sheet.png"
+    assert main(["scenes", "preview", str(ROOM_1), "--out", str(png), "--views", "2",
+                 "--size", "40", "30"]) == 0
+    assert iio.imread(png).shape == (2 * 30, 4 * 40, 3)  # rows: views; rgb|depth|inst|part

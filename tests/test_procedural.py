@@ -183,3 +183,17 @@ def test_edited_objects_are_rejected_by_the_renderer(tmp_path: Path) -> None:
     p.write_text(yaml.safe_dump(data))
     with pytest.raises(EgosynthError, match="do not match"):
         MeshRenderer.from_scene(load_scene(p))
+
+
+def test_cli_generate(tmp_path: Path) -> None:
+    from egosynth.cli import main
+
+    cfg = tmp_path / "procedural" / "tiny.yaml"
+    cfg.parent.mkdir()
+    cfg.write_text("name: tiny\ncount: 2\nseed: 7\n")
+    assert main(["scenes", "generate", str(cfg)]) == 0
+    written = sorted((tmp_path / "scenes").glob("*.yaml"))  # default: ../scenes
+    assert [p.name for p in written] == ["tiny_0.yaml", "tiny_1.yaml"]
+    assert written[0].read_text() == scene_yaml(load_generator(cfg), 0)
+    assert main(["scenes", "generate", str(tmp_path / "missing.yaml")]) != 0
+    assert main(["scenes", "generate", str(cfg), "--count", "0"]) != 0

@@ -112,7 +112,7 @@ def albedo(mat: Material, p: NDArray[np.float64]) -> NDArray[np.float64]:
         # boards along x, `s` wide; each board has its own tone and a stretched grain
         board = np.floor(p[:, 1] / s)
         tone = _hash01(board, np.zeros_like(board), np.floor(p[:, 0] / (4 * s)))
-        streak = fbm(p * np.array([2.0, 40.0, 40.0]) / s)
+        streak = fbm(p * np.array([2.0, 40.0, 40.0]) / s, 2)
         return _mix(mat.color_a, mat.color_b, 0.6 * tone + 0.4 * streak)
     if mat.kind == "stripes":
         # vertical stripes on axis-aligned walls: x + y runs along either wall direction
