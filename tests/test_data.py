@@ -431,3 +431,41 @@ def test_live_mode_follows_a_writer_and_yields_only_complete_clips(
     assert sorted(seen) == sorted(expected)
     with pytest.raises(EgosynthError, match="live mode does not resume"):
         loaders[0].load_state_dict(loaders[0].state_dict())
+
+
+# --------------------------------------------------------------------------- Ray Data
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_dataset_rows_are_the_epoch_order(store: Path, store2: Path) -> None:
+    ray = pytest.importorskip("ray")
+    from egosynth.data.ray import read_windows, windows_from_items
+
+    spec = WindowSpec(length=3, stride=2, skip=2)
+    loader = WindowLoader([store, store2], length=3, stride=2, skip=2, seed=3)
+    loader.set_epoch(1)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        ray.data.DataContext.get_current().execution_options.preserve_order = True
+        ds = read_windows(
+            [store, store2],
+            length=3,
+            stride=2,
+            skip=2,
+            epoch=1,
+            seed=3,
+            rows_per_block=2,
+            override_num_blocks=3,
+        )
+        batches = list(ds.iter_batches(batch_size=4, batch_format="numpy"))
+        via_items = windows_from_items(
+            [store, store2], length=3, stride=2, skip=2, epoch=1, seed=3
+        ).take_all()
+    finally:
+        ray.shutdown()
+    ids = [w for b in batches for w in b["window"].tolist()]
+    assert ids == loader.order().tolist() == [r["window"] for r in via_items]
+    clip_no = {(0, f"c{i:05d}"): i for i in range(len(LENGTHS))}
+    clip_no.update({(1, f"c{i:05d}"): i for i in range(2)})
+    for b in batches:
+        b["clip_id"] = np.array([loader.index.clips[c].clip_id for c in b["clip"]])
+        check_batch(b, spec, (0, 1), clip_no)

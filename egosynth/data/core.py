@@ -254,6 +254,13 @@ class ChunkCache:
         self._data: OrderedDict[Any, NDArray] = OrderedDict()
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled into another process: same limit, empty (chunks and locks stay behind).
+        return {"max_bytes": self.max_bytes}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["max_bytes"])  # type: ignore[misc]
+
     def get(self, key: Any) -> NDArray | None:
         with self._lock:
             arr = self._data.get(key)
@@ -331,7 +338,7 @@ class WindowReader:
     def __getstate__(self) -> dict[str, Any]:
         # Open handles and cached chunks stay in the process that made them.
         state = self.__dict__.copy()
-        state.update(_stores={}, _clips={}, cache=ChunkCache(self.cache_bytes))
+        state.update(_stores={}, _clips={})  # the cache pickles empty
         return state
 
     def refresh(self) -> None:
