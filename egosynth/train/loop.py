@@ -276,6 +276,7 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.consumed = 0  # batches consumed in the current epoch
+        self._loader_resumes = False
         self.history: list[dict[str, float]] = []
         self.writer = None
 
@@ -336,14 +337,20 @@ class Trainer:
         ckpt.set_rng_state(payload["rng"])
         if "data" in payload and hasattr(self.data, "load_state_dict"):
             self.data.load_state_dict(payload["data"])
-            self.consumed = 0  # the loader resumes itself
-        else:
-            self.consumed = int(meta["consumed"])
+            self._loader_resumes = True
+        self.consumed = int(meta["consumed"])
         self.step, self.epoch = int(meta["step"]), int(meta["epoch"])
 
     # ------------------------------------------------------------------ data
     def _batches(self) -> Iterator[Any]:
-        skip = self.consumed
+        """Endless batches, epoch after epoch, resuming where the checkpoint left off."""
+        by_loader, self._loader_resumes = self._loader_resumes, False
+        n = len(self.data) if hasattr(self.data, "__len__") else None  # type: ignore[arg-type]
+        if n and self.consumed >= n:  # the checkpoint closed an epoch: start the next one
+            self.epoch, self.consumed = self.epoch + 1, 0
+        # A resumable loader restarts mid-epoch itself; anything else replays and skips.
+        skip = 0 if by_loader else self.consumed
+        base = self.consumed if by_loader else 0
         while True:
             if hasattr(self.data, "set_epoch"):
                 self.data.set_epoch(self.epoch)
@@ -352,11 +359,11 @@ class Trainer:
                 seen += 1
                 if i < skip:
                     continue
-                self.consumed = i + 1
+                self.consumed = base + i + 1
                 yield batch
-            if seen == 0:
+            if seen == 0 and base == 0:
                 raise EgosynthError("training data: the data iterable yielded no batches")
-            skip = 0
+            skip = base = 0
             self.epoch += 1
             self.consumed = 0
 
@@ -448,10 +455,14 @@ class Trainer:
             self.writer = SummaryWriter(str(self.out / "tb"))
 
     # ------------------------------------------------------------------ fit
-    def fit(self, resume: str | Path | None = None) -> list[dict[str, float]]:
+    def fit(
+        self, resume: str | Path | None = None, until: int | None = None
+    ) -> list[dict[str, float]]:
         """Train until cfg.steps; returns the per-step history (losses, timings, diagnostics).
 
         `resume`: a checkpoint file, or "latest" for the newest one under out/checkpoints.
+        `until`: stop (with a checkpoint) after this step, as an interrupted run would; the
+        schedule still spans cfg.steps.
         """
         if resume is not None:
             path = resume
@@ -474,8 +485,9 @@ class Trainer:
                 self.history.append({"step": 0.0, **diag})
         batches = self._batches()
         wait = busy = 0.0
+        stop = cfg.steps if until is None else min(until, cfg.steps)
         try:
-            while self.step < cfg.steps:
+            while self.step < stop:
                 t0 = time.perf_counter()
                 frames = frames_from_batch(next(batches), cfg.size, self.device)
                 t1 = time.perf_counter()
@@ -596,22 +608,48 @@ def summarise(trainer: Trainer) -> dict[str, Any]:
     return out
 
 
+def store_loader(args: Any, clip_ids: list[str], device: torch.device) -> Any:
+    """The streaming loader (egosynth.data) over `clip_ids` of the store: rgb only, sharded by
+    rank (from torchrun's environment), resumable through its state_dict."""
+    from egosynth.data.core import ClipInfo
+    from egosynth.data.torch import WindowDataLoader, WindowIterableDataset
+    from egosynth.train.data import open_store
+
+    store = open_store(args.store)
+    clips = [ClipInfo(0, cid, store.clip(cid).n_frames) for cid in clip_ids]
+    dataset = WindowIterableDataset(
+        args.store,
+        length=args.window,
+        stride=args.stride,
+        skip=args.skip,
+        fields=("rgb",),
+        batch_size=args.batch_size,
+        seed=args.seed,
+        drop_last=True,  # batch statistics (BatchNorm, SFA constraints) want full batches
+        clips=clips,
+    )
+    if len(dataset) == 0:
+        raise EgosynthError(
+            f"{args.store}: the training clips give no full batch of --batch-size "
+            f"{args.batch_size} windows (--window {args.window}, --stride {args.stride})"
+        )
+    return WindowDataLoader(dataset, num_workers=args.workers, pin_memory=device.type == "cuda")
+
+
 def run_from_args(args: Any) -> dict[str, Any]:
     """`egosynth train`: store -> train/held-out split -> Trainer.fit -> summary."""
-    from egosynth.train.data import StoreWindows, open_store, split_clips
+    from egosynth.train.data import open_store, split_clips
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = config_from_args(args)
     store = open_store(args.store)
     ids = store.clip_ids()
     if not ids:
         raise EgosynthError(f"{args.store}: no complete clips")
     train_ids, held_ids = split_clips(ids, [store.clip(c).scene for c in ids])
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    data = StoreWindows(
-        args.store, train_ids, args.window, args.stride, args.batch_size, seed=args.seed,
-        rank=rank, world=world,
-    )  # fmt: skip
+    device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    data = store_loader(args, train_ids, device)
     probe = None
     if cfg.diag_every:
         probe = probe_from_store(args.store, train_ids, held_ids, args.window, args.probe_windows)
