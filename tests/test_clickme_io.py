@@ -106,14 +106,13 @@ def test_gzip_shard_is_read(tmp_path, shard):
     gz = tmp_path / "val-0-gz.tfrecords"
     gz.write_bytes(gzip.compress(path.read_bytes()))
     assert [s.label for s in C.read_clickme_tfrecord(gz)] == SAMPLES_LABELS
+    assert C.count_clickme_samples(gz) == len(SAMPLES_LABELS)
 
 
 feature_values = st.one_of(
     st.lists(st.binary(max_size=40), max_size=4),
     st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=6),
-    st.lists(
-        st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=1, max_size=6
-    ),
+    st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=1, max_size=6),
 )
 
 
@@ -145,7 +144,9 @@ def test_example_encoding_matches_protobuf(tmp_path):
 def test_npz_round_trip_keeps_float_heatmaps(tmp_path):
     sample = _sample(3, 42, size=64)
     heatmap = sample.heatmap.astype(np.float32) / 7.0
-    path = C.write_clickme_npz(tmp_path / "img_0001.npz", C.ClickMeSample(sample.image, heatmap, 42))
+    path = C.write_clickme_npz(
+        tmp_path / "img_0001.npz", C.ClickMeSample(sample.image, heatmap, 42)
+    )
     back = C.read_clickme_npz(path)
     np.testing.assert_array_equal(back.image, sample.image)
     np.testing.assert_array_equal(back.heatmap, heatmap)
@@ -180,6 +181,7 @@ def test_folder_discovery_mixes_shards_and_npz(shard, tmp_path):
     files = C.find_clickme_files(folder)
     assert [f.name for f in files] == ["a.tfrecords", "b.npz"]
     assert [s.label for s in C.iter_clickme(folder)] == [*SAMPLES_LABELS, 5]
+    assert C.count_clickme_samples(folder) == len(SAMPLES_LABELS) + 1
 
 
 # --------------------------------------------------------------------------- errors
@@ -224,16 +226,22 @@ def test_malformed_examples_name_the_feature(tmp_path):
             {"image": image_jpeg, "heatmap": C.encode_jpeg(good.image), "label": 1},
             ["feature 'heatmap'", "3 channel", "expected 1"],
         ),
-        "notjpeg": ({"image": b"PNG?", "heatmap": heat_jpeg, "label": 1},
-                    ["feature 'image'", "not a JPEG"]),
+        "notjpeg": (
+            {"image": b"PNG?", "heatmap": heat_jpeg, "label": 1},
+            ["feature 'image'", "not a JPEG"],
+        ),
         "small": (
             {"image": C.encode_jpeg(good.image[:128, :128]), "heatmap": heat_jpeg, "label": 1},
             ["feature 'image'", "128x128", "256x256"],
         ),
-        "twolabels": ({"image": image_jpeg, "heatmap": heat_jpeg, "label": [1, 2]},
-                      ["'label'", "2 value(s)"]),
-        "floatlabel": ({"image": image_jpeg, "heatmap": heat_jpeg, "label": 1.0},
-                       ["'label'", "one int"]),
+        "twolabels": (
+            {"image": image_jpeg, "heatmap": heat_jpeg, "label": [1, 2]},
+            ["'label'", "2 value(s)"],
+        ),
+        "floatlabel": (
+            {"image": image_jpeg, "heatmap": heat_jpeg, "label": 1.0},
+            ["'label'", "one int"],
+        ),
     }
     for name, (features, needles) in cases.items():
         path = _write_one(tmp_path, f"{name}.tfrecords", features)
@@ -251,14 +259,20 @@ def test_npz_errors_name_file_and_array(tmp_path):
     img = np.zeros((8, 8, 3), np.uint8)
     cases = {
         "nokey.npz": (dict(image=img, label=np.int64(1)), "'heatmap' is missing"),
-        "dtype.npz": (dict(image=img.astype(np.float32), heatmap=np.zeros((8, 8)), label=1),
-                      "image = float32"),
+        "dtype.npz": (
+            dict(image=img.astype(np.float32), heatmap=np.zeros((8, 8)), label=1),
+            "image = float32",
+        ),
         "shape.npz": (dict(image=img, heatmap=np.zeros((4, 8)), label=1), "heatmap = float64"),
-        "label.npz": (dict(image=img, heatmap=np.zeros((8, 8)), label=np.array([1, 2])),
-                      "label = int64"),
+        "label.npz": (
+            dict(image=img, heatmap=np.zeros((8, 8)), label=np.array([1, 2])),
+            "label = int64",
+        ),
         "nan.npz": (dict(image=img, heatmap=np.full((8, 8), np.nan), label=1), "non-finite"),
-        "pickle.npz": (dict(image=img, heatmap=np.zeros((8, 8)),
-                            label=np.array([{"x": 1}], dtype=object)), "not a readable npz"),
+        "pickle.npz": (
+            dict(image=img, heatmap=np.zeros((8, 8)), label=np.array([{"x": 1}], dtype=object)),
+            "not a readable npz",
+        ),
     }
     for name, (arrays, needle) in cases.items():
         np.savez(tmp_path / name, **arrays)
