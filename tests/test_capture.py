@@ -204,3 +204,14 @@ def test_cli_capture_and_preview(tmp_path: Path) -> None:
     assert main(["scenes", "preview", str(ROOM_1), "--out", str(png), "--views", "2",
                  "--size", "40", "30"]) == 0
     assert iio.imread(png).shape == (2 * 30, 4 * 40, 3)  # rows: views; rgb|depth|inst|part
+
+
+def test_same_seed_same_capture_bytes(tmp_path: Path) -> None:
+    s = replace(SETTINGS, n_views=3, width=32, height=24)
+    scene = load_scene(ROOM_1)
+    for name in ("a", "b"):
+        write_capture(scene, tmp_path / name, s)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.*"))
+    assert len(files) == 3 * 4 + 3  # 4 images per view + transforms, labels, scene
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f

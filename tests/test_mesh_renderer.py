@@ -197,3 +197,15 @@ def test_renderer_accepts_per_camera_intrinsics() -> None:
     np.testing.assert_allclose(fr.depth, 3.0, atol=1e-6)  # fronto-parallel: constant depth
     with pytest.raises(ValueError):
         r.render(np.stack([T, T]), np.stack([K1, K2, K2]), 32, 24)
+
+
+def test_renderer_pickles_and_renders_the_same() -> None:
+    import pickle
+
+    r = MeshRenderer.from_scene(load_scene(ROOM_0))
+    r2 = pickle.loads(pickle.dumps(r))
+    K = intrinsics_from_fov(32, 24, 90.0)
+    T = _room_views(load_scene(ROOM_0), 2)
+    a, b = r.render(T, K, 32, 24), r2.render(T, K, 32, 24)
+    assert a.rgb.tobytes() == b.rgb.tobytes() and a.depth.tobytes() == b.depth.tobytes()
+    assert r2.labels() == r.labels()

@@ -99,11 +99,15 @@ class MeshRenderer:
     """Renders a SceneMesh: rgb, z-depth, instance and part ids (implements `Renderer`)."""
 
     def __init__(self, mesh: SceneMesh, chunk_rays: int = CHUNK_RAYS) -> None:
+        self.mesh = mesh
+        self.chunk_rays = int(chunk_rays)
+        self._setup()
+
+    def _setup(self) -> None:
         import trimesh
         from trimesh.ray.ray_pyembree import RayMeshIntersector
 
-        self.mesh = mesh
-        self.chunk_rays = int(chunk_rays)
+        mesh = self.mesh
         tm = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False, validate=False)
         self._intersector = RayMeshIntersector(tm, scale_to_box=False)
         tri = mesh.vertices[mesh.faces]
@@ -111,6 +115,14 @@ class MeshRenderer:
         n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
         norm = np.linalg.norm(n, axis=1, keepdims=True)
         self._normals = n / np.where(norm > 0, norm, 1.0)
+
+    # Embree scenes cannot be pickled: ship the mesh and rebuild the BVH on arrival (Ray actors)
+    def __getstate__(self) -> dict:
+        return {"mesh": self.mesh, "chunk_rays": self.chunk_rays}
+
+    def __setstate__(self, state: dict) -> None:
+        self.mesh, self.chunk_rays = state["mesh"], state["chunk_rays"]
+        self._setup()
 
     @classmethod
     def from_scene(cls, scene: SceneConfig) -> MeshRenderer:
