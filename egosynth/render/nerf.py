@@ -205,10 +205,10 @@ def nerfstudio_cameras(
     Ks = _intrinsics(K, n)
 
     def col(a: NDArray) -> torch.Tensor:
-        return torch.as_tensor(a, dtype=torch.float32)[:, None]
+        return torch.tensor(np.asarray(a), dtype=torch.float32)[:, None]
 
     return Cameras(
-        camera_to_worlds=torch.as_tensor(np.asarray(poses), dtype=torch.float32),
+        camera_to_worlds=torch.tensor(np.asarray(poses), dtype=torch.float32),
         fx=col(Ks[:, 0, 0]),
         fy=col(Ks[:, 1, 1]),
         cx=col(Ks[:, 0, 2]),
@@ -519,7 +519,7 @@ def run_trainer(cfg: Any, on_step: Callable[[int, float], None]) -> Path:
 
     def train_iteration(step: int) -> Any:
         out = inner(step)
-        on_step(step, float(out[0]))
+        on_step(step, float(out[0].detach()))
         return out
 
     trainer.train_iteration = train_iteration  # type: ignore[method-assign]
