@@ -126,7 +126,7 @@ def test_weights_file_must_be_a_flat_tensor_dict(tmp_path: Path) -> None:
     with pytest.raises(B.BundleError, match="flat mapping"):
         B.load_weights(path)
     path.write_bytes(b"not a torch file")
-    with pytest.raises(B.BundleError, match="refused|not a readable torch weights file"):
+    with pytest.raises(B.BundleError, match=r"refused|not a readable torch weights file"):
         B.load_weights(path)
 
 
