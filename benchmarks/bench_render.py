@@ -1,0 +1,123 @@
+"""Benchmark `egosynth render`: Ray scaling, store write overhead, bytes per frame, codecs.
+
+Prints, measured side by side in one run on the demo scenes:
+- stereo frames/s with 1 and 2 Ray workers, and their ratio (target >= 1.7x on 2 cores);
+- store write time as a fraction of render time (target <= 5 %);
+- bytes per stereo frame for each array, stored vs raw;
+- Blosc lz4 vs zstd (level 5, byte shuffle) on the same rendered frames: write MB/s and size.
+
+    .venv/bin/python benchmarks/bench_render.py [--clips 4] [--seconds 4] [--width 128 --height 96]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+
+def _dir_bytes(p: Path) -> int:
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clips", type=int, default=4, help="clips per scene")
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--height", type=int, default=96)
+    args = ap.parse_args()
+
+    import ray
+
+    from egosynth.config import DEFAULT_SCENE_SET, load_scene_set
+    from egosynth.orchestration import render_set
+    from egosynth.store import ARRAY_NAMES, IMAGE_ARRAYS, ClipStore, ClipWriter, prepare_store
+
+    sset = load_scene_set(DEFAULT_SCENE_SET)
+    res = sset.resolution.model_copy(update={"width": args.width, "height": args.height})
+    sset = sset.model_copy(update={"clip_seconds": args.seconds, "resolution": res})
+    tmp = Path(tempfile.mkdtemp(prefix="bench_render_"))
+    t0 = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    print(f"ray.init: {time.perf_counter() - t0:.1f} s")
+    try:
+        reports = {}
+        for workers in (1, 2):
+            reports[workers] = render_set(
+                sset,
+                tmp / f"w{workers}.zarr",
+                clips_per_scene=args.clips,
+                workers=workers,
+                device="cpu",
+                progress=False,
+            )
+    finally:
+        ray.shutdown()
+
+    n_clips = len(reports[1].done)
+    load = os.getloadavg()[0]
+    print(f"load average now: {load:.1f} on {os.cpu_count()} cores (others' work skews scaling)")
+    print(
+        f"\n{n_clips} clips x {sset.frames_per_clip} stereo frames, "
+        f"{args.width}x{args.height}, demo scenes"
+    )
+    fps = {w: r.frames / r.seconds for w, r in reports.items()}
+    for w, r in reports.items():
+        print(
+            f"  {w} worker(s): {fps[w]:7.1f} stereo frames/s  ({r.frames} frames in "
+            f"{r.seconds:.2f} s, incl. actor start and scene load)"
+        )
+    print(f"  speed-up 2 vs 1 workers: {fps[2] / fps[1]:.2f}x  (target >= 1.7x)")
+    r = reports[1]
+    print(
+        f"  store write time / render time: {100 * r.write_s / r.render_s:.1f} %  "
+        f"(write {r.write_s:.2f} s, render {r.render_s:.2f} s; target <= 5 %)"
+    )
+
+    store_path = tmp / "w1.zarr"
+    store = ClipStore(store_path)
+    frames = sum(store.clip(c).n_frames for c in store.clip_ids())
+    print("\nbytes per stereo frame (stored, raw, ratio):")
+    for name in ARRAY_NAMES:
+        stored = sum(_dir_bytes(store_path / "clips" / c / name) for c in store.clip_ids())
+        arr = store.clip(store.clip_ids()[0]).array(name)
+        per_frame_raw = arr.nbytes / store.clip(store.clip_ids()[0]).n_frames
+        print(
+            f"  {name:15s} {stored / frames:10.0f} {per_frame_raw:10.0f} "
+            f"{per_frame_raw / max(stored / frames, 1):6.1f}x"
+        )
+    total = _dir_bytes(store_path)
+    print(f"  {'whole store':15s} {total / frames:10.0f}")
+
+    # Codec comparison on the same real frames: write each clip's image arrays again.
+    print("\ncodec on rendered frames (image arrays): write MB/s of raw data, stored bytes")
+    clips = [store.clip(c).read(names=list(IMAGE_ARRAYS)) for c in store.clip_ids()]
+    raw = sum(a.nbytes for c in clips for a in c.values())
+    for cname in ("lz4", "zstd"):
+        path = tmp / f"codec_{cname}.zarr"
+        prepare_store(path, "bench", {})
+        t = 0.0
+        for i, c in enumerate(clips):
+            w = ClipWriter(path, f"c{i}", len(c["rgb"]), args.height, args.width, {}, cname=cname)
+            t1 = time.perf_counter()
+            for s in range(0, len(c["rgb"]), w.chunk_frames):
+                w.write_frames(s, {k: v[s : s + w.chunk_frames] for k, v in c.items()})
+            t += time.perf_counter() - t1
+        stored = sum(
+            _dir_bytes(path / "clips" / f"c{i}" / n)
+            for i in range(len(clips))
+            for n in IMAGE_ARRAYS
+        )
+        print(
+            f"  blosc {cname:5s}: {raw / t / 1e6:7.1f} MB/s, {stored / 1e6:6.2f} MB "
+            f"(raw {raw / 1e6:.2f} MB, {raw / stored:.1f}x)"
+        )
+    shutil.rmtree(tmp)
+
+
+if __name__ == "__main__":
+    main()
