@@ -197,6 +197,8 @@ def test_cli_render_resume_and_bad_inputs(
     before = _files(out / "clips")
     assert main([*args, "--clips", "2"]) == 0  # more clips per scene extends the same store
     assert f"{n} clips rendered, {n} already complete" in capsys.readouterr().out
+    assert main(args) == 0  # nothing left: Ray is not even needed
+    assert f"all {n} clips already complete; nothing to render" in capsys.readouterr().out
     assert all(_files(out / "clips")[k] == v for k, v in before.items())
     # A different clip length is another config: refused in one line, nothing touched.
     whole = _files(out)

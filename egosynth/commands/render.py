@@ -98,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
         progress=not args.no_progress,
     )
+    if not rep.done and not rep.failed:
+        print(f"{out}: all {rep.planned} clips already complete; nothing to render")
+        return 0
     rate = rep.frames / rep.seconds if rep.seconds else 0.0
     print(
         f"{out}: {len(rep.done)} clips rendered, {rep.skipped} already complete, "
