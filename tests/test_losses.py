@@ -41,7 +41,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def standardised(b: int, d: int, seed: int, scale: float = 1.05) -> torch.Tensor:
+def standardised(b: int, d: int, seed: int, scale: float = 1.0) -> torch.Tensor:
     """(b, d) samples with exactly zero mean and covariance scale**2 * I (unbiased)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, d, generator=g, dtype=torch.float64)
@@ -51,8 +51,10 @@ def standardised(b: int, d: int, seed: int, scale: float = 1.05) -> torch.Tensor
 
 
 def ideal_slow(b: int, t: int, e: int, d: int, seed: int) -> torch.Tensor:
-    """Constant in time, identical across eyes, varied (and decorrelated) across clips."""
-    c = standardised(b, d, seed)
+    """Constant in time, identical across eyes, varied (and decorrelated) across clips, with
+    unit (unbiased) variance over all b * t * e samples."""
+    n = b * t * e
+    c = standardised(b, d, seed, scale=math.sqrt((n - 1) / (t * e * (b - 1))))
     return c[:, None, None, :].expand(b, t, e, d).contiguous()
 
 
@@ -93,9 +95,9 @@ def test_sfa_constraints_penalise_collapse(constraint: str) -> None:
     collapsed = torch.ones(16, 4, 2, 8) * 3.0  # perfectly slow, but a constant
     total, parts = loss(collapsed)
     assert float(parts["slow"]) == 0.0
-    # std 0 -> the variance hinge is 1 - sqrt(eps) per dimension (lightly's eps = 1e-4).
-    assert float(parts["var"]) == pytest.approx(1.0 - math.sqrt(1e-4), rel=1e-3)
-    assert float(total) >= 24.0
+    # variance 0 -> (0 - 1)^2 = 1 per dimension; weight 25.
+    assert float(parts["var"]) == pytest.approx(1.0, rel=1e-4)
+    assert float(total) >= 25.0
     if constraint == "penalty":
         assert float(parts["mean"]) == pytest.approx(9.0)  # mean 3 in every dimension
 
@@ -103,12 +105,13 @@ def test_sfa_constraints_penalise_collapse(constraint: str) -> None:
 def test_sfa_penalises_correlated_outputs() -> None:
     base = standardised(64, 1, seed=3).repeat(1, 6)  # six copies of one output
     z = base[:, None, None, :].expand(64, 3, 1, 6).contiguous()
-    _, parts = SlowLoss()(z)
-    # Each of the 30 ordered pairs has covariance 1.05^2, re-estimated over the 64 x 3
-    # repeated samples (unbiased: factor 3 * 63 / 191); squared, averaged over 6 dims.
-    cov = 1.05**2 * 3 * 63 / 191
+    penalty = SlowLoss(SlowConfig(constraint="penalty"))
+    _, parts = penalty(z)
+    # Each of the 30 ordered pairs has covariance 1, re-estimated over the 64 x 3 repeated
+    # samples (unbiased: factor 3 * 63 / 191); squared, averaged over 6 dims.
+    cov = 3 * 63 / 191
     assert float(parts["cov"]) == pytest.approx(30 * cov**2 / 6, rel=1e-4)
-    _, ok = SlowLoss()(ideal_slow(64, 3, 1, 6, seed=3))
+    _, ok = penalty(ideal_slow(64, 3, 1, 6, seed=3))
     assert float(ok["cov"]) < 1e-6
 
 

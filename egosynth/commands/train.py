@@ -81,8 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--eyes", choices=("left", "right", "both"), default="both")
     e.add_argument("--fusion", choices=("mean", "concat"), default="mean")
     o = p.add_argument_group("objectives")
-    o.add_argument("--constraint", choices=("penalty", "whiten"), default="penalty",
-                   help="SFA constraints: variance/covariance penalties or whitening")  # fmt: skip
+    o.add_argument("--constraint", choices=("penalty", "whiten"), default="whiten",
+                   help="SFA constraints: whitening, or mean/var/cov penalties")  # fmt: skip
     o.add_argument("--stereo-weight", type=float, default=25.0, help="0 = no stereo positives")
     o.add_argument("--context", choices=("gru", "tcn"), default="gru")
     o.add_argument("--horizons", type=_ints, default=(1, 3), help="frames ahead, e.g. 1,3")

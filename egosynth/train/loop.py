@@ -10,6 +10,7 @@ already consumed (or calls `load_state_dict` when the iterable has `state_dict`)
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -95,7 +96,7 @@ class TrainConfig:
         d = asdict(self)
         d["encoder"] = self.encoder.to_json()
         d["slow"] = self.slow.to_json()
-        return d
+        return json.loads(json.dumps(d))  # tuples -> lists: equal to what a checkpoint holds
 
     def model_json(self) -> dict[str, Any]:
         """The part of the config that fixes the shapes of the weights (checked on resume)."""

@@ -4,9 +4,9 @@ Slow feature analysis (Wiskott & Sejnowski 2002) minimises the mean squared temp
 derivative of each output under three constraints: zero mean, unit variance, decorrelated
 outputs. Without the constraints the minimum is a constant (collapse). Two ways to impose them:
 
-- "penalty": soft constraints, as VICReg does for two views: lightly's `variance_loss` (hinge on
-  the standard deviation of every output, >= 1) and `covariance_loss` (squared off-diagonal
-  covariance), plus a squared-mean penalty for the zero-mean constraint;
+- "penalty": soft constraints, in the manner of VICReg: a squared-mean penalty (zero mean), a
+  two-sided (var - 1)^2 penalty (unit variance) and lightly's VICReg `covariance_loss`
+  (squared off-diagonal covariance, decorrelation);
 - "whiten": differentiable whitening (Cholesky, as in W-MSE) of the batch of embeddings, so the
   constraints hold by construction; the penalties are still computed on the whitened output,
   because whitening a collapsed batch gives zeros (and zero slowness) rather than unit variance.
@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from lightly.loss import NTXentLoss
-from lightly.loss.vicreg_loss import covariance_loss, variance_loss
+from lightly.loss.vicreg_loss import covariance_loss
 from torch import Tensor, nn
 
 from egosynth.errors import EgosynthError
@@ -34,7 +34,7 @@ CONSTRAINTS = ("penalty", "whiten")
 class SlowConfig:
     """Weights of the slowness objective's terms (VICReg-like magnitudes by default)."""
 
-    constraint: str = "penalty"
+    constraint: str = "whiten"
     slow: float = 25.0  # temporal neighbours (frame t, t + 1)
     stereo: float = 25.0  # left and right eye at one instant
     mean: float = 1.0
@@ -80,10 +80,15 @@ def temporal_slowness(z: Tensor) -> Tensor:
 
 
 def sfa_penalties(flat: Tensor) -> dict[str, Tensor]:
-    """The three SFA constraints as penalties on (N, D) embeddings (0 when all hold)."""
+    """The three SFA constraints as penalties on (N, D) embeddings (0 when all hold).
+
+    Unit variance is two-sided, (var - 1)^2: VICReg's one-sided hinge (std >= 1) lets one
+    output grow without bound and dominate the embedding spectrum, which the effective-rank
+    diagnostic reads as (near) collapse. Decorrelation is lightly's VICReg covariance term.
+    """
     return {
         "mean": flat.mean(0).pow(2).mean(),
-        "var": variance_loss(flat),
+        "var": (flat.var(0) - 1.0).pow(2).mean(),
         "cov": covariance_loss(flat),
     }
 

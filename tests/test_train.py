@@ -1,0 +1,273 @@
+"""The training loop on real rendered clips: a tiny CPU run through the CLI, exact resume,
+collapse prevention, weights-only checkpoints, and one-line errors.
+
+The store is the embedded default scene set rendered in-process (no Ray) at 32x24 with the
+mesh backend: the same scenes as `egosynth render`'s default store, at a test-sized resolution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from _fake_renderer import tiny_set
+
+from egosynth.cli import main
+from egosynth.errors import EgosynthError
+from egosynth.train import checkpoint as ckpt
+from egosynth.train.data import CategoryTable, StoreWindows, batch_categories, split_clips
+from egosynth.train.encoders import EncoderConfig
+from egosynth.train.loop import (
+    TrainConfig,
+    Trainer,
+    frames_from_batch,
+    parse_objectives,
+    probe_from_store,
+    store_loader,
+)
+
+DEFAULT_STORE = Path("outputs/demo.zarr")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny convolutions: one thread is far faster than two on a shared, loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 scenes x 2 clips x 24 frames at 32x24, rendered by the mesh backend."""
+    from egosynth.config import load_scene_set
+    from egosynth.plan import plan_clips
+    from egosynth.render import open_renderer
+    from egosynth.render_clip import config_fingerprint, render_clip, store_attrs
+    from egosynth.store import finalize_store, prepare_store
+
+    folder = tmp_path_factory.mktemp("trainstore")
+    sset = load_scene_set(tiny_set(folder, resolution=[32, 24], clip_seconds=2.4))
+    path = folder / "tiny.zarr"
+    prepare_store(path, config_fingerprint(sset), store_attrs(sset))
+    renderers: dict = {}
+    plans = plan_clips(sset)
+    for plan in plans:
+        if plan.scene not in renderers:
+            renderers[plan.scene] = open_renderer(sset.scene_configs[plan.scene_index])
+        render_clip(sset, plan, path, renderers[plan.scene])
+    finalize_store(path, [p.clip_id for p in plans])
+    return path
+
+
+def tiny_cfg(**kw) -> TrainConfig:
+    base = {
+        "objectives": ("slow", "latent", "pixel"),
+        "steps": 6,
+        "size": (16, 12),
+        "encoder": EncoderConfig(width=4, layers=(1, 1), embed_dim=8),
+        "pixel_channels": (3, 4, 8),
+        "latent_hidden": 16,
+        "horizons": (1, 2),
+        "warmup": 2,
+        "ckpt_every": 0,
+        "diag_every": 0,
+        "log_every": 1,
+        "tensorboard": False,
+        "progress": False,
+    }
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def loss_curve(history: list[dict]) -> list[float]:
+    return [h["loss"] for h in history if "loss" in h]
+
+
+# --------------------------------------------------------------------------- tiny run
+def test_tiny_run_cli(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    rc = main(
+        [
+            "train", str(store), "--out", str(out), "--steps", "3", "--objective", "slow",
+            "--objective", "predictive", "--size", "16x12", "--width", "4", "--layers", "1,1",
+            "--embed-dim", "8", "--pixel-channels", "3,4,8", "--batch-size", "4",
+            "--horizons", "1,2", "--diag-every", "3", "--ckpt-every", "2", "--threads", "1",
+            "--no-progress",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 3
+    assert summary["heldout_clips"] == ["room_0-0001", "room_1-0001"]
+    for key in ("slow", "latent", "pixel"):
+        assert key in summary["loss"]
+    last = summary["diagnostics_last"]
+    for key in ("diag/eta_mean", "diag/effective_rank", "diag/copy_over_pred", "probe/accuracy"):
+        assert key in last
+    assert 0.0 <= last["probe/accuracy"] <= 1.0
+    assert 0.0 <= summary["data_wait_fraction"] <= 1.0
+    # Checkpoints at step 2 and at the end; plain weights-only torch.load reads them.
+    files = sorted(p.name for p in (out / "checkpoints").glob("*.pt"))
+    assert files == ["step_2.pt", "step_3.pt"]
+    raw = torch.load(out / "checkpoints" / "step_3.pt", weights_only=True)
+    assert json.loads(raw["meta_json"])["step"] == 3
+    assert any((out / "tb").iterdir())  # TensorBoard event file
+
+
+@pytest.mark.skipif(not DEFAULT_STORE.exists(), reason="no default store (egosynth render)")
+def test_tiny_run_on_default_store(tmp_path: Path) -> None:
+    rc = main(
+        [
+            "train", str(DEFAULT_STORE), "--out", str(tmp_path / "run"), "--steps", "2",
+            "--size", "32x24", "--width", "4", "--layers", "1,1", "--embed-dim", "8",
+            "--batch-size", "4", "--diag-every", "0", "--threads", "1", "--no-progress",
+            "--no-tensorboard",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    assert (tmp_path / "run" / "checkpoints" / "step_2.pt").is_file()
+
+
+# --------------------------------------------------------------------------- resume
+def _memory_data(store: Path) -> StoreWindows:
+    # 2 training clips x 5 windows = 10 windows -> 2 batches of 4 per epoch (drop_last).
+    return StoreWindows(store, ["room_0-0000", "room_1-0000"], 8, 4, 4, seed=5)
+
+
+def _loader_data(store: Path):
+    args = argparse.Namespace(
+        store=str(store), window=8, stride=4, skip=1, batch_size=4, seed=5, workers=0
+    )
+    return store_loader(args, ["room_0-0000", "room_1-0000"], torch.device("cpu"))
+
+
+@pytest.mark.parametrize("source", ["memory", "loader"])
+@pytest.mark.parametrize("stop", [2, 3])  # 2 closes an epoch exactly; 3 is mid-epoch
+def test_resume_reproduces_loss_curve(store: Path, tmp_path: Path, source: str, stop: int):
+    make = _memory_data if source == "memory" else _loader_data
+    full = Trainer(tiny_cfg(), make(store), out=tmp_path / "full")
+    reference = loss_curve(full.fit())
+    assert len(reference) == 6
+
+    first = Trainer(tiny_cfg(), make(store), out=tmp_path / "cut")
+    head = loss_curve(first.fit(until=stop))
+    assert (tmp_path / "cut" / "checkpoints" / f"step_{stop}.pt").is_file()
+    torch.manual_seed(1234)  # a resumed process starts with unrelated RNG state
+    second = Trainer(tiny_cfg(), make(store), out=tmp_path / "cut")
+    tail = loss_curve(second.fit(resume="latest"))
+    assert head + tail == reference  # bit-exact, not approximately equal
+    for (name, a), b in zip(
+        full.model.state_dict().items(), second.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_resume_refuses_other_model(store: Path, tmp_path: Path) -> None:
+    Trainer(tiny_cfg(steps=1), _memory_data(store), out=tmp_path).fit()
+    other = tiny_cfg(steps=2, encoder=EncoderConfig(width=8, layers=(1, 1), embed_dim=8))
+    with pytest.raises(EgosynthError, match="model settings"):
+        Trainer(other, _memory_data(store), out=tmp_path).fit(resume="latest")
+
+
+# --------------------------------------------------------------------------- collapse
+def test_slowness_with_sfa_constraints_does_not_collapse(store: Path) -> None:
+    train, held = split_clips(["room_0-0000", "room_0-0001", "room_1-0000", "room_1-0001"],
+                              ["room_0", "room_0", "room_1", "room_1"])  # fmt: skip
+    probe = probe_from_store(store, train, held, window=8, limit=8)
+    cfg = tiny_cfg(objectives=("slow",), steps=40, diag_every=20, lr=3e-3,
+                   encoder=EncoderConfig(width=4, layers=(1, 1), embed_dim=8))  # fmt: skip
+    trainer = Trainer(cfg, StoreWindows(store, train, 8, 2, 8, seed=0), probe=probe)
+    hist = trainer.fit()
+    ranks = [h["diag/effective_rank"] for h in hist if "diag/effective_rank" in h]
+    assert len(ranks) == 3  # step 0, 20, 40
+    assert min(ranks[1:]) >= 3.0  # of 8 dimensions; a collapsed encoder gives ~1
+    slow = [h["slow/slow"] for h in hist if "slow/slow" in h]
+    assert sum(slow[-5:]) < sum(slow[:5])  # and it does get slower
+
+
+# --------------------------------------------------------------------------- pieces
+def test_probe_labels_from_instance_masks(store: Path) -> None:
+    from egosynth.store import ClipStore
+
+    table = CategoryTable.from_store(ClipStore(store))
+    assert table.names == sorted(set(table.names)) and "dog" in table.names
+    batch = next(iter(StoreWindows(store, ["room_0-0000"], 4, 4, 2, shuffle=False)))
+    cats = batch_categories(batch, table)
+    assert cats.shape == (2, 4)
+    assert int(cats.min()) >= -1 and int(cats.max()) < len(table.names)
+
+
+def test_frames_from_batch_layouts() -> None:
+    rgb = torch.randint(0, 256, (2, 3, 2, 12, 16, 3), dtype=torch.uint8)
+    last = frames_from_batch({"rgb": rgb}, None, torch.device("cpu"))
+    first = frames_from_batch(rgb.permute(0, 1, 2, 5, 3, 4), None, torch.device("cpu"))
+    assert last.shape == (2, 3, 2, 3, 12, 16) and torch.equal(last, first)
+    assert float(last[0, 0, 0, 1, 2, 3]) == pytest.approx(float(rgb[0, 0, 0, 2, 3, 1]) / 255)
+    small = frames_from_batch(rgb, (8, 6), torch.device("cpu"))
+    assert small.shape == (2, 3, 2, 3, 6, 8)
+    assert torch.allclose(small[..., 0, 0], last[..., :2, :2].mean((-1, -2)))  # area average
+
+
+def test_parse_objectives() -> None:
+    assert parse_objectives(["pixel,slow"]) == ("slow", "pixel")
+    assert parse_objectives(["predictive"]) == ("latent", "pixel")
+    with pytest.raises(EgosynthError, match="--objective = 'fast'"):
+        parse_objectives(["fast"])
+
+
+class _Evil:
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_checkpoint_never_executes_code(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = _Evil()
+    evil.marker = str(marker)
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"format": ckpt.FORMAT, "x": evil}, f)
+    torch.save({"format": ckpt.FORMAT, "version": 1, "x": evil}, tmp_path / "evil2.pt")
+    for p in (path, tmp_path / "evil2.pt"):
+        with pytest.raises(EgosynthError, match="weights-only"):
+            ckpt.load_checkpoint(p)
+    assert not marker.exists()
+
+
+def test_checkpoint_round_trip_rng(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    ckpt.save_checkpoint(tmp_path / "c.pt", {"rng": ckpt.rng_state()}, {"a": [1, "b"]})
+    want = (torch.rand(3), random.random(), np.random.rand())
+    payload = ckpt.load_checkpoint(tmp_path / "c.pt")
+    ckpt.set_rng_state(payload["rng"])
+    assert payload["meta"] == {"a": [1, "b"]}
+    got = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(want[0], got[0]) and want[1:] == got[1:]
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--objective", "fast"], "--objective = 'fast'"),
+        (["--arch", "vgg"], "arch = 'vgg'"),
+    ],
+)
+def test_cli_errors_are_one_line(store, argv, match, capsys, tmp_path) -> None:
+    rc = main(["train", str(store), "--out", str(tmp_path), "--no-progress", *argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and match in err and "\n" not in err
+
+
+def test_cli_missing_store(capsys, tmp_path) -> None:
+    rc = main(["train", str(tmp_path / "nope.zarr")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "store not found" in err and "\n" not in err
