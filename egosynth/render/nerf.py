@@ -275,6 +275,66 @@ def labels_for(objects: list[SceneObject]) -> list[Label]:
     ]
 
 
+# --------------------------------------------------------------------------- fast hash grid
+_HASH_PRIMES = (1, 2654435761, 805459861)  # nerfstudio's HashEncoding.hash_fn primes
+
+
+def _hash_grid_fwd(enc: Any, in_tensor: Any) -> Any:
+    """nerfstudio's torch HashEncoding.pytorch_fwd, same arithmetic, less work.
+
+    The per-axis prime products are computed once (not once per corner), the 8 corner hashes
+    share them, and the 8 table lookups are one gather. The interpolation is nerfstudio's, in
+    the same order, so outputs match it to float rounding.
+    """
+    import torch
+
+    x = in_tensor[..., None, :]
+    scaled = x * enc.scalings.view(-1, 1).to(x.device)  # [..., L, 3]
+    c = torch.ceil(scaled).to(torch.int64)
+    f = torch.floor(scaled).to(torch.int64)
+    offset = scaled - f
+    primes = torch.tensor(_HASH_PRIMES, device=x.device)
+    hc, hf = c * primes, f * primes
+    ax = (hc[..., 0], hf[..., 0])
+    ay = (hc[..., 1], hf[..., 1])
+    az = (hc[..., 2], hf[..., 2])
+    # Corner order of nerfstudio's hashed_0..7 as (x, y, z) with 0 = ceil, 1 = floor.
+    corners = (
+        (0, 0, 0), (0, 1, 0), (1, 1, 0), (1, 0, 0), (0, 0, 1), (0, 1, 1), (1, 1, 1), (1, 0, 1)
+    )  # fmt: skip
+    idx = torch.stack([ax[i] ^ ay[j] ^ az[k] for i, j, k in corners])
+    idx = idx % enc.hash_table_size + enc.hash_offset.to(x.device)
+    f0, f1, f2, f3, f4, f5, f6, f7 = enc.hash_table[idx]
+    o0, o1, o2 = offset[..., 0:1], offset[..., 1:2], offset[..., 2:3]
+    f03 = f0 * o0 + f3 * (1 - o0)
+    f12 = f1 * o0 + f2 * (1 - o0)
+    f56 = f5 * o0 + f6 * (1 - o0)
+    f47 = f4 * o0 + f7 * (1 - o0)
+    f0312 = f03 * o1 + f12 * (1 - o1)
+    f4756 = f47 * o1 + f56 * (1 - o1)
+    out = f0312 * o2 + f4756 * (1 - o2)
+    return torch.flatten(out, start_dim=-2, end_dim=-1)
+
+
+@contextlib.contextmanager
+def fast_hash_grids(model: Any) -> Iterator[None]:
+    """Use `_hash_grid_fwd` for the model's torch hash grids inside this block only."""
+    import types
+
+    from nerfstudio.field_components.encodings import HashEncoding
+
+    grids = [
+        m for m in model.modules() if isinstance(m, HashEncoding) and m.tcnn_encoding is None
+    ]
+    for g in grids:
+        g.pytorch_fwd = types.MethodType(_hash_grid_fwd, g)
+    try:
+        yield
+    finally:
+        for g in grids:
+            del g.pytorch_fwd  # back to the class's own method
+
+
 # --------------------------------------------------------------------------- renderer
 class NerfRenderer:
     """Renders a scene bundle through nerfstudio; implements egosynth.render.base.Renderer."""
@@ -351,7 +411,7 @@ class NerfRenderer:
         rgb = torch.empty((total, 3), dtype=torch.float32)
         dist = torch.empty((total,), dtype=torch.float32)
         acc = torch.empty((total,), dtype=torch.float32)
-        with torch.inference_mode():
+        with torch.inference_mode(), fast_hash_grids(self.model):
             for start in range(0, total, self.chunk_rays):
                 idx = torch.arange(start, min(start + self.chunk_rays, total), device=self.device)
                 cam_idx = (idx // hw)[:, None]
