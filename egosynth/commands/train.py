@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -103,5 +104,6 @@ def run(args: argparse.Namespace) -> int:
     from egosynth.train.loop import run_from_args
 
     summary = run_from_args(args)
-    print(json.dumps(summary, indent=1, sort_keys=True), file=sys.stdout)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary (rank 0's)
+        print(json.dumps(summary, indent=1, sort_keys=True), file=sys.stdout)
     return 0
