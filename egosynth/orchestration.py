@@ -320,7 +320,7 @@ def _drive(
                 report.failed[plan.clip_id] = "no live workers left (all actors died)"
             pending.clear()
             break
-        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5) if inflight else ([], [])
+        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.2) if inflight else ([], [])
         if not inflight:
             time.sleep(0.1)
         for ref in ready:

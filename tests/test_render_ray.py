@@ -208,7 +208,7 @@ def test_cli_render_resume_and_bad_inputs(
     assert _files(out) == whole
 
 
-def test_missing_scene_file_and_bundle_are_one_line_errors(
+def test_missing_scene_bundle_and_unwritable_output_are_one_line_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     # No cluster needed: both are caught before Ray starts.
@@ -227,11 +227,18 @@ def test_missing_scene_file_and_bundle_are_one_line_errors(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nerf_scene.yaml: bundle = 'bundles/gone'" in err
     assert not (tmp_path / "n.zarr").exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("keep")
+    ok_set = tiny_set(tmp_path / "sub")
+    assert main(["render", str(ok_set), "--out", str(blocker / "s.zarr"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "file/s.zarr: cannot write the store" in err
+    assert blocker.read_text() == "keep"
 
 
 def test_sigint_driver_then_rerun_equals_uninterrupted(cluster: str, tmp_path: Path) -> None:
     # Bigger frames so the run lasts a few seconds and the interrupt lands mid-set.
-    set_path = tiny_set(tmp_path, clips_per_scene=2, resolution=[128, 96], clip_seconds=3.0)
+    set_path = tiny_set(tmp_path, clips_per_scene=3, resolution=[128, 96], clip_seconds=2.0)
     out = tmp_path / "int.zarr"
     cmd = [
         sys.executable,
