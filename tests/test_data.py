@@ -372,8 +372,7 @@ def test_incomplete_clips_are_not_indexed(tmp_path: Path) -> None:
 def test_live_mode_follows_a_writer_and_yields_only_complete_clips(
     tmp_path: Path, n_shards: int
 ) -> None:
-    path = tmp_path / "live.zarr"
-    prepare(path)
+    path = tmp_path / "live.zarr"  # created by the writer thread after the loaders start
     lengths = [9, 6, 11, 4]
     spec = WindowSpec(length=3, stride=2, skip=1)
     errors: list[BaseException] = []
@@ -382,6 +381,8 @@ def test_live_mode_follows_a_writer_and_yields_only_complete_clips(
         from egosynth.store import finalize_store
 
         try:
+            time.sleep(0.1)
+            prepare(path)
             ids = []
             for k, n in enumerate(lengths):
                 # Slow frame batches: readers poll while this clip is half written.
@@ -429,6 +430,8 @@ def test_live_mode_follows_a_writer_and_yields_only_complete_clips(
             seen.extend(zip(batch["clip_id"].tolist(), batch["start"].tolist(), strict=True))
     expected = [(f"c{c:05d}", s) for c, s in brute_windows(lengths, spec)]
     assert sorted(seen) == sorted(expected)
+    with pytest.raises(TypeError, match="no length"):
+        len(loaders[0])
     with pytest.raises(EgosynthError, match="live mode does not resume"):
         loaders[0].load_state_dict(loaders[0].state_dict())
 
@@ -469,3 +472,26 @@ def test_ray_dataset_rows_are_the_epoch_order(store: Path, store2: Path) -> None
     for b in batches:
         b["clip_id"] = np.array([loader.index.clips[c].clip_id for c in b["clip"]])
         check_batch(b, spec, (0, 1), clip_no)
+
+
+def test_a_loader_pickles_without_its_handles_and_reads_the_same(store: Path) -> None:
+    import pickle
+
+    loader = WindowLoader(store, length=2, batch_size=4, seed=1)
+    first = next(iter(loader))
+    clone = pickle.loads(pickle.dumps(loader))
+    assert len(clone.reader.cache) == 0 and not clone.reader._stores
+    again = clone.read_windows(first["window"])
+    assert all(np.array_equal(first[k], again[k]) for k in first)
+
+
+def test_core_imports_neither_torch_nor_ray_nor_zarr() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, egosynth.data; "
+        "print([m for m in ('torch', 'ray', 'zarr') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -598,7 +598,9 @@ class WindowLoader:
         return self._order[1]
 
     def __len__(self) -> int:
-        """Batches this rank reads in a whole epoch."""
+        """Batches this rank reads in a whole epoch (live mode has no length)."""
+        if self.live:
+            raise TypeError("a live WindowLoader has no length: clips are still being added")
         return rank_batch_count(
             len(self.index), self.batch_size, self.rank, self.world_size, self.drop_last
         )
@@ -717,16 +719,34 @@ class WindowLoader:
         if pending and not self.drop_last:
             yield self._read_live(pending)
 
+    def _started(self) -> list[int]:
+        """Stores that exist yet: a live loader may start before the render creates its store."""
+        out = []
+        for s, path in enumerate(self.reader.sources):
+            try:
+                self.reader.store(s)
+            except EgosynthError:
+                local = Path(path.removeprefix("file://"))
+                being_made = not local.exists() or (
+                    local.is_dir() and not (local / "zarr.json").exists()
+                )
+                if "://" in path.removeprefix("file://") or not being_made:
+                    raise  # there, but not a readable clip store: a real error
+                continue
+            out.append(s)
+        return out
+
     def _poll_clips(self) -> list[ClipInfo]:
         self.reader.refresh()  # reopen: a store handle may predate the clips just completed
-        return list_clips(self.reader)
+        return list_clips(self.reader, self._started())
 
     def _stores_finalized(self) -> bool:
         """True when the driver has finalized every store (checked BEFORE listing clips)."""
         self.reader.refresh()
-        return all(
+        started = self._started()
+        return len(started) == len(self.reader.sources) and all(
             self.reader.store(s).attrs.get("store_status") in ("complete", "incomplete")
-            for s in range(len(self.reader.sources))
+            for s in started
         )
 
     def _read_live(self, windows: list[tuple[ClipInfo, int]]) -> dict[str, NDArray]:
