@@ -495,3 +495,19 @@ def test_core_imports_neither_torch_nor_ray_nor_zarr() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_prefetch_keeps_order_resume_and_errors(store: Path, tmp_path: Path) -> None:
+    kw = dict(length=2, stride=1, batch_size=3, seed=4)
+    plain = [b["window"].tolist() for b in WindowLoader(store, **kw)]
+    ahead = WindowLoader(store, prefetch=2, **kw)
+    it = iter(ahead)
+    head = [next(it)["window"].tolist() for _ in range(2)]
+    it.close()  # stops the reading thread
+    assert ahead.batches_done == 2  # counted when handed out, not when read ahead
+    rest = [b["window"].tolist() for b in ahead]
+    assert head + rest == plain
+    broken = WindowLoader(store, prefetch=1, **kw)
+    broken.reader.sources = (str(tmp_path / "gone.zarr"),)  # the store vanished mid-training
+    with pytest.raises(EgosynthError, match=r"gone\.zarr"):
+        next(iter(broken))

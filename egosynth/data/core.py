@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import threading
 import time
 import zlib
@@ -550,6 +551,7 @@ class WindowLoader:
         poll_s: float = 2.0,
         idle_timeout_s: float | None = 600.0,
         clips: Sequence[ClipInfo] | None = None,
+        prefetch: int = 0,
     ) -> None:
         if isinstance(sources, str | Path):
             sources = [sources]
@@ -573,6 +575,9 @@ class WindowLoader:
         self.seed = _check_seed("seed", seed)
         self.reader = WindowReader(sources, fields, eyes, cache_bytes)
         self.live, self.poll_s, self.idle_timeout_s = live, poll_s, idle_timeout_s
+        if not isinstance(prefetch, int) or prefetch < 0:
+            raise EgosynthError(f"loader: prefetch = {prefetch!r}: must be an integer >= 0")
+        self.prefetch = prefetch
         self.epoch = 0
         self.batches_done = 0
         if live:
@@ -642,9 +647,15 @@ class WindowLoader:
         """Single-process iteration over this rank's batches, counting them for resume."""
         if not self.live and self.batches_done >= len(self):
             self.batches_done = 0
-        for batch in self.batches():
-            self.batches_done += 1
-            yield batch
+        source = (
+            self.batches() if self.prefetch == 0 else _prefetched(self.batches(), self.prefetch)
+        )
+        try:
+            for batch in source:
+                self.batches_done += 1
+                yield batch
+        finally:
+            source.close()  # stops a prefetch thread now, not at garbage collection
 
     # ----------------------------------------------------------- resume
     def state_dict(self) -> dict[str, Any]:
@@ -759,3 +770,46 @@ class WindowLoader:
         )
         batch["clip_id"] = np.array([c.clip_id for c, _ in windows])
         return batch
+
+
+_DONE = object()
+
+
+def _prefetched(batches: Iterator[dict[str, NDArray]], depth: int) -> Iterator[dict[str, NDArray]]:
+    """Run `batches` in a background thread, `depth` batches ahead of the consumer.
+
+    For numpy/JAX loops without DataLoader workers: reading (mostly in the store's threads,
+    outside the GIL) overlaps the consumer's step. Order is unchanged. Stopping early (break,
+    garbage collection) stops the thread.
+    """
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        q.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_DONE)
+        except BaseException as exc:  # re-raised in the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=produce, name="egosynth-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
