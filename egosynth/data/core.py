@@ -310,7 +310,6 @@ def check_fields(fields: Sequence[str]) -> tuple[str, ...]:
 class _ClipHandle:
     clip: Any  # egosynth.store.Clip
     arrays: dict[str, Any] = field(default_factory=dict)
-    chunk_frames: int = 1
 
 
 class WindowReader:
@@ -364,14 +363,17 @@ class WindowReader:
                     f"{self.sources[info.source]}: clip {info.clip_id!r} has n_frames = "
                     f"{clip.n_frames}, the index says {info.n_frames} (store rewritten?)"
                 )
-            cf = int(clip.attrs.get("chunk_frames") or clip.array("rgb").chunks[0])
-            h = self._clips[key] = _ClipHandle(clip, chunk_frames=cf)
+            h = self._clips[key] = _ClipHandle(clip)
         return h
 
     def _array(self, h: _ClipHandle, name: str) -> Any:
         if name not in h.arrays:
             h.arrays[name] = h.clip.array(name)
         return h.arrays[name]
+
+    def _chunk_frames(self, h: _ClipHandle, name: str) -> int:
+        """Frames per chunk of one array (from the array itself: arrays may differ)."""
+        return int(self._array(h, name).chunks[0])
 
     def _read(self, info: ClipInfo, h: _ClipHandle, name: str, sel: slice) -> NDArray:
         try:
@@ -404,7 +406,7 @@ class WindowReader:
                 missing.append(c)
             else:
                 got[c] = arr
-        cf = h.chunk_frames
+        cf = self._chunk_frames(h, name)
         run_start = 0
         for i in range(1, len(missing) + 1):
             # One read call per run of consecutive chunks: the store's per-call cost dominates
@@ -454,7 +456,7 @@ class WindowReader:
         spec: WindowSpec,
         b: int,
     ) -> None:
-        cf, t = h.chunk_frames, spec.length
+        cf, t = self._chunk_frames(h, name), spec.length
         frames = [s + np.arange(t) * spec.skip for s in starts]
         wanted = sorted({int(c) for f in frames for c in np.unique(f // cf)})
         chunks = self._chunks(info, h, name, wanted)
