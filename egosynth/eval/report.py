@@ -1,0 +1,153 @@
+"""Evaluation output: a JSON report, a terminal table, and figures (matplotlib, Agg).
+
+Figures:
+    overlays_<dataset>.png       per example image: the image, the human map, then each
+                                 model's saliency (rows), normalised per map
+    alignment_vs_accuracy.png    one point per (dataset, model, scoring) with an accuracy
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+COLUMNS = (
+    ("dataset", "dataset", "{}"),
+    ("shortcut", "train shortcut", "{:.2f}"),
+    ("model", "model", "{}"),
+    ("scoring", "scoring", "{}"),
+    ("accuracy", "acc", "{:.3f}"),
+    ("accuracy_cue_conflict", "acc conflict", "{:.3f}"),
+    ("alignment_score", "alignment", "{:.3f}"),
+    ("spearman", "spearman", "{:.3f}"),
+    ("dice", "dice", "{:.3f}"),
+    ("iou", "iou", "{:.3f}"),
+    ("n_images", "n", "{}"),
+)
+
+
+def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
+    value = row.get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return fmt.format(value)
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A plain-text table of result rows (missing values shown as '-')."""
+    header = [title for _, title, _ in COLUMNS]
+    body = [[_cell(r, key, fmt) for key, _, fmt in COLUMNS] for r in rows]
+    widths = [max(len(c) for c in col) for col in zip(header, *body, strict=True)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    return value
+
+
+def write_json(path: str | Path, report: dict[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_jsonable(report), indent=2))
+    return path
+
+
+def _norm(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float64)
+    lo, hi = np.nanmin(m), np.nanmax(m)
+    return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+
+
+def plot_overlays(
+    path: str | Path,
+    images: np.ndarray,
+    human: np.ndarray,
+    saliency: dict[str, np.ndarray],
+    titles: Sequence[str] | None = None,
+) -> Path:
+    """Columns = examples; rows = image, human map over the image, each model's saliency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(images)
+    rows = 2 + len(saliency)
+    fig, axes = plt.subplots(rows, k, figsize=(1.8 * k, 1.8 * rows), squeeze=False)
+    for j in range(k):
+        img = np.clip(images[j] / 255.0, 0, 1)
+        axes[0, j].imshow(img)
+        if titles:
+            axes[0, j].set_title(titles[j], fontsize=7)
+        axes[1, j].imshow(img)
+        axes[1, j].imshow(_norm(human[j]), cmap="jet", alpha=0.5)
+        for i, maps in enumerate(saliency.values()):
+            axes[2 + i, j].imshow(img * 0.4)
+            if j < len(maps):
+                axes[2 + i, j].imshow(_norm(maps[j]), cmap="jet", alpha=0.6)
+    for i, name in enumerate(["image", "human map", *saliency]):
+        axes[i, 0].set_ylabel(name, fontsize=7)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_alignment_vs_accuracy(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path | None:
+    """Scatter of alignment against accuracy for rows that have both."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [
+        r
+        for r in rows
+        if r.get("accuracy") is not None
+        and r.get("alignment_score") is not None
+        and math.isfinite(r["alignment_score"])
+    ]
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    datasets = sorted({r.get("dataset", "") for r in pts})
+    markers = "os^Dv<>p"
+    for r in pts:
+        m = markers[datasets.index(r.get("dataset", "")) % len(markers)]
+        ax.scatter(r["accuracy"], r["alignment_score"], marker=m)
+        ax.annotate(
+            f"{r['model']} ({r['scoring']}) {r.get('dataset', '')}",
+            (r["accuracy"], r["alignment_score"]),
+            fontsize=6,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    ax.set_xlabel("accuracy (test split)")
+    ax.set_ylabel("alignment (Spearman / 0.65753)")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_title("human alignment against accuracy")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
