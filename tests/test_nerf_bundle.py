@@ -180,3 +180,26 @@ def test_bundle_with_unknown_setting_is_refused(tiny: tuple[Path, Path], tmp_pat
     (out / B.BUNDLE_JSON).write_text(json.dumps(meta))
     with pytest.raises(B.BundleError, match=r"model_settings\._target"):
         NerfRenderer.from_bundle(out)
+
+
+@pytest.mark.nerf
+def test_cli_import_with_annotations_gives_labels(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    from egosynth.cli import main
+    from egosynth.render.nerf import NerfRenderer
+
+    scene = tmp_path / "ball.yaml"
+    scene.write_text(
+        "name: ball\nbackend: mesh\nprocedural: {}\n"
+        "floor: [[-3, -3], [3, -3], [3, 3], [-3, 3]]\n"
+        "world_from_scene: {scale: 1.0, translation: [0, 0, 0]}\n"
+        "objects:\n  - {name: ball_0, category: ball, center: [0, 0, 0.5], extents: [1, 1, 1],\n"
+        "     parts: [{name: top, center: [0, 0, 0.85], extents: [1, 1, 0.3]}]}\n"
+    )
+    out = tmp_path / "bundle"
+    argv = ["scenes", "import", str(tiny[1]), "--out", str(out), "--annotations", str(scene)]
+    assert main(argv) == 0
+    r = NerfRenderer.from_bundle(out, device="cpu")
+    labels = r.labels()
+    got = [(lab.name, lab.category, lab.parts) for lab in labels]
+    assert got == [("ball_0", "ball", {1: "top"})]
+    assert r.bundle.ground_truth_scene() is not None  # it recorded a procedural scene
