@@ -90,6 +90,13 @@ def test_masks_from_surface_points_golden() -> None:
     assert got == [(1, {1: "top"}), (2, {2: "a", 3: "b"})]
 
 
+def test_floor_points_inside_an_object_box_are_not_the_object() -> None:
+    box = _obj("dog", (0, 0, 0.25), (1, 1, 0.5))  # stands on the floor: its box reaches z = 0
+    pts = np.array([[0.3, 0.3, 0.005], [0.3, 0.3, 0.019], [0.3, 0.3, 0.021], [0.0, 0.0, 0.4]])
+    inst, _ = label_surface_points(pts, np.ones(4, bool), [box], margin=0.02)
+    assert inst.tolist() == [0, 0, 1, 1]
+
+
 def test_occluded_object_is_not_labelled() -> None:
     """Masks label the FIRST surface along each ray: a box behind another never shows."""
     front = _obj("front", (0, 0, 2), (1, 1, 1))

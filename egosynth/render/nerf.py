@@ -46,6 +46,11 @@ MASK_MARGIN_M = 0.02
 # Samples whose compositing weight is below this never reach the colour head (their colour
 # changes a pixel by < weight); see `_render_rays`.
 WEIGHT_EPS = 1e-4
+# Surface points this close above the floor (z = 0 in the world frame, by convention) are floor,
+# never an object: annotation boxes of objects standing on the floor reach down to z = 0, so
+# without this the floor around an object's legs/wheels inside its box would be labelled too
+# (measured on mesh ground truth: box labelling IoU 0.81-0.83 without, 0.98-0.99 with 2 cm).
+FLOOR_BAND_M = 0.02
 
 
 # --------------------------------------------------------------------------- offline building
@@ -230,10 +235,12 @@ def label_surface_points(
 
     Only the first surface along each ray is ever tested, so an object hidden behind another is
     never labelled (occlusion comes from the rendered depth). Where boxes overlap the smallest
-    box wins (the more specific annotation). Part ids number all parts of the scene from 1, in
+    box wins (the more specific annotation); points within FLOOR_BAND_M of the floor are never
+    labelled. Part ids number all parts of the scene from 1, in
     object order, as the procedural mesh scenes do (see `labels_for`).
     """
     shape = points.shape[:-1]
+    surface = surface & (points[..., 2] >= FLOOR_BAND_M)
     instance = np.zeros(shape, np.uint16)
     part = np.zeros(shape, np.uint8)
     best = np.full(shape, np.inf)
