@@ -7,6 +7,12 @@ numpy-only parts (importable without torch or TensorFlow):
 torch parts (import them explicitly):
     egosynth.eval.saliency    saliency maps of torch models (gradient default, captum options)
     egosynth.eval.harmonizer  the harmonizer loss for supervised training
+    egosynth.eval.probe       checkpoints -> models, linear probe, label-free embedding score
+    egosynth.eval.evaluate    scoring models on ClickMe-format splits
+    egosynth.eval.baseline    supervised baseline on twin frames (CE, optional harmonizer)
+numpy-only, imported explicitly:
+    egosynth.eval.twin        the synthetic ClickMe twin exported from a clip store
+    egosynth.eval.report      JSON report, terminal table, figures
 
 See docs/eval.md for the line-by-line correspondence with serre-lab/Harmonization.
 """
