@@ -17,6 +17,10 @@ from typing import Any
 
 from egosynth.errors import EgosynthError
 
+# egosynth.eval.saliency.METHODS, listed here so that --help does not import torch.
+SALIENCY_METHODS = ("gradient", "saliency", "integrated_gradients", "smoothgrad",
+                    "input_x_gradient", "guided_backprop")  # fmt: skip
+
 
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
@@ -51,8 +55,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--saliency",
         default="gradient",
-        help="saliency method: gradient (reference), saliency, integrated_gradients, "
-        "smoothgrad, input_x_gradient, guided_backprop",
+        choices=SALIENCY_METHODS,
+        help="saliency method (gradient = the reference's; the others come from captum)",
     )
     p.add_argument(
         "--input-size",
