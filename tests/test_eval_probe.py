@@ -244,3 +244,10 @@ def test_eval_commands_end_to_end(tmp_path: Path, capsys) -> None:
     # bad inputs: one line, non-zero exit
     assert main(["eval", "twin", str(tmp_path), "--checkpoint", str(ck)]) != 0
     assert "no twin.json" in capsys.readouterr().err
+
+
+def test_cli_saliency_choices_match_the_registry() -> None:
+    from egosynth.commands.eval import SALIENCY_METHODS
+    from egosynth.eval.saliency import METHODS
+
+    assert set(SALIENCY_METHODS) == set(METHODS)
