@@ -199,7 +199,8 @@ class _Direct:
             return None
 
     def key(self, c: int) -> str:
-        return "c/" + "/".join([str(c), *["0"] * (len(self.shape) - 1)])
+        """Chunk key of time chunk `c` (default encoding, "/" separator)."""
+        return f"c/{c}" + "/0" * (len(self.shape) - 1)
 
     def read(self, start: int, stop: int, out: NDArray | None = None) -> NDArray:
         """Rows [start, stop) along axis 0, into `out` if given (C-contiguous, this shape and
@@ -222,7 +223,9 @@ class _Direct:
         """Decode chunk `c` into the C-contiguous `dst` (fill value when never written)."""
         key = self.key(c)
         try:
-            with open(self.folder / key, "rb") as f:
+            # A str path (pathlib's joins cost ~15 us, a tenth of decoding a 1 MiB chunk);
+            # unbuffered: the body is read in one call, straight into its bytes object.
+            with open(f"{self.folder}/{key}", "rb", buffering=0) as f:
                 size = os.fstat(f.fileno()).st_size
                 if size < _BLOSC_HEADER + _CRC_BYTES:
                     raise _CorruptChunk(f"{key}: {size} bytes, too short for a chunk")
@@ -418,6 +421,9 @@ def finalize_store(path: str | Path, planned: Sequence[str]) -> dict[str, Any]:
     root.attrs.put(attrs)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*onsolidated metadata.*")
+        # Leftovers of a killed writer (a clip folder without zarr.json, a temp file) are not
+        # part of the hierarchy; zarr skips them, and need not warn about each.
+        warnings.filterwarnings("ignore", message=".*not recognized as a component.*")
         zarr.consolidate_metadata(str(path))
     return index
 

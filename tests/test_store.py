@@ -7,6 +7,7 @@ makes every expected pixel computable, so the store is checked against golden va
 from __future__ import annotations
 
 import math
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -218,3 +219,183 @@ def test_non_store_and_unwritable_paths_are_one_line_errors(sset, tmp_path: Path
 def test_default_chunk_frames_targets_one_mebibyte(h: int, w: int, want: int) -> None:
     # floor(2**20 / (2 * h * w * 3)) clamped to [1, 8]; 200x200: 1048576 / 240000 = 4.37
     assert default_chunk_frames(h, w) == want
+
+
+# --------------------------------------------------------------------------- direct chunk I/O
+# Local stores read and write chunk files directly (egosynth.store._Direct); zarr stays the
+# reference: the direct path must give exactly zarr's values and write exactly zarr's bytes.
+ODD = [10, 7, 4]  # chunk 4: a padded last chunk (10, 7) and an exact one (4)
+
+
+@pytest.fixture(scope="module")
+def odd_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from egosynth.data.synthetic import write_store
+
+    path = tmp_path_factory.mktemp("odd") / "odd.zarr"
+    write_store(path, ODD, height=5, width=6, chunk_frames=4)
+    return path
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, len(ODD) - 1), st.integers(0, 10), st.integers(0, 10))
+def test_direct_read_equals_zarr_for_any_range(odd_store: Path, k: int, a: int, b: int) -> None:
+    n = ODD[k]
+    start, stop = sorted((min(a, n), min(b, n)))
+    cs = ClipStore(odd_store)
+    cid = cs.clip_ids()[k]
+    clip = cs.clip(cid)
+    assert clip.folder is not None  # local: the direct path
+    plain = zarr.open_group(str(odd_store), mode="r")[f"clips/{cid}"]
+    got = clip.read(start, stop)
+    for name in ARRAY_NAMES:
+        want = plain[name][...] if name == "intrinsics" else plain[name][start:stop]
+        assert got[name].dtype == want.dtype and got[name].shape == want.shape, name
+        np.testing.assert_array_equal(got[name], want, err_msg=name)
+    buf = np.full((stop - start, 2, 5, 6), 99, np.float16)
+    clip.read_into("depth", start, buf)
+    np.testing.assert_array_equal(buf, plain["depth"][start:stop])
+
+
+def test_direct_and_zarr_writers_write_identical_bytes(tmp_path: Path) -> None:
+    from egosynth.data.synthetic import pattern_frames, pattern_meta
+
+    def frames(k: int, t0: int, t1: int) -> dict[str, np.ndarray]:
+        f = pattern_frames(k, t0, t1, 5, 6)
+        f["instance"] = np.zeros_like(f["instance"])  # all fill value: no chunk file at all
+        f["depth"] = f["depth"] * (np.arange(t0, t1) >= 4)[:, None, None, None]  # chunk 0 empty
+        return f
+
+    stores = {}
+    for direct in (True, False):
+        path = tmp_path / f"{direct}.zarr"
+        prepare_store(path, "fp", {})
+        for n in (10, 8):  # padded last chunk, exact last chunk
+            w = ClipWriter(path, f"c{n}", n, 5, 6, {"scene": "s"}, chunk_frames=4, direct=direct)
+            assert bool(w.direct) == direct
+            for t0 in range(0, n, 4):
+                w.write_frames(t0, frames(n, t0, min(n, t0 + 4)))
+            meta, k_mat = pattern_meta(n, n)
+            w.write_meta(meta, k_mat)
+            w.complete()
+        stores[direct] = _files(path / "clips")
+    assert stores[True] == stores[False]
+    assert not any(k.startswith("c10/instance/c/") for k in stores[True])
+    assert "c10/depth/c/0/0/0/0" not in stores[True] and "c10/depth/c/1/0/0/0" in stores[True]
+
+
+def test_unaligned_or_misshaped_writes_go_through_zarr(tmp_path: Path) -> None:
+    from egosynth.data.synthetic import pattern_frames
+
+    path = tmp_path / "u.zarr"
+    prepare_store(path, "fp", {})
+    w = ClipWriter(path, "c", 10, 5, 6, {"scene": "s"}, chunk_frames=4)
+    f = pattern_frames(0, 0, 10, 5, 6)
+    for t0, t1 in ((0, 3), (3, 9), (9, 10)):  # no batch is whole chunks: zarr merges them
+        w.write_frames(t0, {k: v[t0:t1] for k, v in f.items()})
+    got = zarr.open_group(str(path), mode="r")["clips/c/rgb"][...]
+    np.testing.assert_array_equal(got, f["rgb"])
+    with pytest.raises(ValueError):  # a wrong image shape is zarr's error, never a bad chunk
+        w.write_frames(0, {k: v[:4, :, :4] for k, v in f.items()})
+
+
+def test_remote_store_falls_back_to_zarr_with_the_same_values(odd_store: Path) -> None:
+    from egosynth.data.synthetic import write_store
+
+    url = f"memory://egosynth-test-{uuid.uuid4().hex}/odd.zarr"
+    write_store(url, ODD, height=5, width=6, chunk_frames=4)
+    remote, local = ClipStore(url), ClipStore(odd_store)
+    assert remote.clip_ids() == local.clip_ids()
+    for cid in remote.clip_ids():
+        r = remote.clip(cid)
+        assert r.folder is None
+        assert r.chunk_frames("rgb") == 4 and r.layout("depth") == local.clip(cid).layout("depth")
+        a, b = r.read(1, r.n_frames), local.clip(cid).read(1, r.n_frames)
+        for name in ARRAY_NAMES:
+            np.testing.assert_array_equal(a[name], b[name])
+
+
+def _corrupt(path: Path, cid: str, how: str) -> Path:
+    chunk = path / "clips" / cid / "rgb" / "c" / "1" / "0" / "0" / "0" / "0"
+    data = chunk.read_bytes()
+    if how == "flip":
+        data = data[:20] + bytes([data[20] ^ 1]) + data[21:]
+    elif how == "short":
+        data = data[:10]
+    else:  # a valid chunk of the wrong size, with a valid checksum: caught by the size check
+        import google_crc32c
+        import numcodecs
+
+        body = bytes(numcodecs.Blosc("lz4", 5, 1, 0, 1).encode(np.zeros(7, np.uint8)))
+        data = body + google_crc32c.value(body).to_bytes(4, "little")
+    chunk.write_bytes(data)
+    return chunk
+
+
+@pytest.mark.parametrize(
+    ("how", "why"), [("flip", "checksum mismatch"), ("short", "too short"), ("size", "holds 7")]
+)
+def test_direct_read_detects_corruption(sset, tmp_path: Path, how: str, why: str) -> None:
+    from egosynth.data import WindowLoader
+
+    path = _new_store(sset, tmp_path / "c.zarr", clips=1)
+    cid = ClipStore(path).clip_ids()[0]
+    _corrupt(path, cid, how)
+    clip = ClipStore(path).clip(cid)
+    with pytest.raises(EgosynthError, match=rf"clip {cid}/rgb: corrupt .*c/1/0/0/0/0: .*{why}"):
+        clip.read(4, 8, ["rgb"])
+    with pytest.raises(EgosynthError, match=why):
+        clip.read_into("rgb", 4, np.empty((4, 2, 24, 32, 3), np.uint8))
+    clip.read(0, 4, ["rgb"])  # the other chunks still read
+    loader = WindowLoader(path, length=4, stride=4, batch_size=3, shuffle=False, fields=["rgb"])
+    with pytest.raises(EgosynthError, match=rf"c\.zarr: clip {cid}/rgb frames 4:8: corrupt"):
+        list(loader)
+
+
+def test_read_into_refuses_a_wrong_buffer(store: Path) -> None:
+    clip = ClipStore(store).clip(ClipStore(store).clip_ids()[0])
+    with pytest.raises(EgosynthError, match=r"C-contiguous uint8 buffer of shape \(n, 2, 24"):
+        clip.read_into("rgb", 0, np.empty((4, 2, 24, 32, 3), np.float32))
+    with pytest.raises(EgosynthError, match=r"\[10, 14\) outside \[0, 12\)"):
+        clip.read_into("rgb", 10, np.empty((4, 2, 24, 32, 3), np.uint8))
+
+
+@pytest.mark.parametrize(("length", "stride"), [(4, 4), (8, 8), (4, 5), (3, 3), (4, 2)])
+def test_loader_windows_equal_zarr_slices(odd_store: Path, length: int, stride: int) -> None:
+    # (4, 4), (8, 8): disjoint whole-chunk windows, decoded straight into the batch (including
+    # the padded end of a 10-frame clip); the others go through the chunk cache.
+    from egosynth.data import WindowLoader
+
+    loader = WindowLoader(
+        odd_store, length=length, stride=stride, batch_size=3, seed=1, fields=["rgb", "depth"]
+    )
+    plain = zarr.open_group(str(odd_store), mode="r")["clips"]
+    n = 0
+    for batch in loader:
+        for i, (cid, s) in enumerate(zip(batch["clip_id"], batch["start"], strict=True)):
+            want = plain[f"{cid}/rgb"][s : s + length]
+            np.testing.assert_array_equal(batch["rgb"][i], want.transpose(0, 1, 4, 2, 3))
+            np.testing.assert_array_equal(batch["depth"][i], plain[f"{cid}/depth"][s : s + length])
+            n += 1
+    assert n == len(loader.index) > 0
+
+
+def test_clip_listing_ignores_unfinished_writes_silently(store: Path, tmp_path: Path) -> None:
+    import shutil
+    import warnings
+
+    path = tmp_path / "live.zarr"
+    shutil.copytree(store, path)
+    prepare_store(path, ClipStore(store).attrs["fingerprint"], {})  # drops consolidation
+    ids = ClipStore(path).clip_ids()
+    (path / "clips" / "being-made").mkdir()  # a writer's folder before its zarr.json
+    (path / "clips" / "zarr.0123abcd.partial").write_bytes(b"{")  # a temp file mid-rename
+    (path / "clips" / ids[0] / "zarr.4567.partial").write_bytes(b"{")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cs = ClipStore(path)
+        assert cs.clip_ids() == ids
+        assert cs.clip_ids(include_incomplete=True) == ids
+        assert complete_clip_ids(path) == set(ids)
+        assert sorted(finalize_store(path, ids)) == ids
+    with pytest.raises(EgosynthError, match="no clip 'being-made'"):
+        ClipStore(path).clip("being-made")

@@ -417,10 +417,22 @@ class WindowReader:
             else:
                 got[c] = arr
         cf = self._chunk_frames(h, name)
+        # A local store's direct reads cost little per call: one chunk each, into a buffer of
+        # its own (eviction frees it whole; under 4 MiB, so numpy does not ask for huge pages,
+        # whose first-touch faults stalled for ms here). Through zarr (URLs), one read call per
+        # run of consecutive chunks: its per-call cost dominates small reads, and it decodes
+        # the chunks of one call concurrently.
+        if h.clip.folder is not None:
+            shape, dtype = h.clip.layout(name)
+            for c in missing:
+                lo, hi = c * cf, min((c + 1) * cf, info.n_frames)
+                chunk = np.empty((hi - lo, *shape[1:]), dtype)
+                self._read_into(info, h, name, lo, chunk)
+                got[c] = chunk
+                self.cache.put((info.source, info.clip_id, name, c), chunk)
+            return got
         run_start = 0
         for i in range(1, len(missing) + 1):
-            # One read call per run of consecutive chunks: the store's per-call cost dominates
-            # small reads, and it decodes the chunks of one call concurrently.
             if i == len(missing) or missing[i] != missing[i - 1] + 1:
                 lo, hi = missing[run_start], missing[i - 1] + 1
                 data = self._read(info, h, name, slice(lo * cf, min(hi * cf, info.n_frames)))
@@ -472,10 +484,9 @@ class WindowReader:
         # copy). Every other window goes through the cache.
         own = spec.stride >= spec.span and spec.skip == 1 and self._eye == slice(0, 2)
         direct = [own and s % cf == 0 and (t % cf == 0 or s + t == info.n_frames) for s in starts]
-        frames = [
-            s + np.arange(t) * spec.skip for s, d in zip(starts, direct, strict=True) if not d
-        ]
-        wanted = sorted({int(c) for f in frames for c in np.unique(f // cf)})
+        cached = np.array([s for s, d in zip(starts, direct, strict=True) if not d], np.int64)
+        frames = cached[:, None] + np.arange(t) * spec.skip  # one array op for all windows
+        wanted = np.unique(frames // cf).tolist()
         chunks = self._chunks(info, h, name, wanted)
         if name not in out:
             shape, dtype = h.clip.layout(name)
