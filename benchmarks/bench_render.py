@@ -1,7 +1,9 @@
 """Benchmark `egosynth render`: Ray scaling, store write overhead, bytes per frame, codecs.
 
 Prints, measured side by side in one run on the demo scenes:
-- stereo frames/s with 1 and 2 Ray workers, and their ratio (target >= 1.7x on 2 cores);
+- stereo frames/s with 1 and 2 Ray workers, and their ratio (target >= 1.7x on 2 cores), with
+  the CPU time the actors used (cores obtained) and the load average: on a shared machine the
+  ratio says more about the others' load than about egosynth;
 - store write time as a fraction of render time (target <= 5 %);
 - bytes per stereo frame for each array, stored vs raw;
 - Blosc lz4 vs zstd (level 5, byte shuffle) on the same rendered frames: write MB/s and size.
@@ -17,10 +19,58 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 def _dir_bytes(p: Path) -> int:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} cores"
+
+
+def _autogroup() -> str:
+    """Linux autogroup scheduling shares CPU per session, not per process: under load, more
+    processes in one session do not get that session more CPU."""
+    try:
+        on = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return "autogroup scheduling: unknown"
+    return f"autogroup scheduling: {'on' if on else 'off'}"
+
+
+class _ActorCpu:
+    """CPU seconds the render actors used from when they were up to their last clip."""
+
+    def __init__(self) -> None:
+        self.base: dict[int, float] = {}
+        self.cpu: dict[int, float] = {}
+
+    @staticmethod
+    def _cpu(pid: int) -> float | None:
+        import psutil  # installed with ray
+
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            return None
+        return t.user + t.system
+
+    def start(self, infos: list[dict[str, Any]]) -> None:
+        for info in infos:
+            pid = int(info["pid"])
+            self.base[pid] = self._cpu(pid) or 0.0
+
+    def sample(self, stats: dict[str, Any]) -> None:
+        pid = int(stats["pid"])
+        cpu = self._cpu(pid)
+        if cpu is not None:
+            self.cpu[pid] = cpu - self.base.get(pid, 0.0)
+
+    def total(self) -> float:
+        return sum(self.cpu.values())
 
 
 def main() -> None:
@@ -29,6 +79,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--height", type=int, default=96)
+    ap.add_argument("--repeat", type=int, default=2, help="alternating 1/2-worker runs")
     args = ap.parse_args()
 
     import ray
@@ -41,44 +92,53 @@ def main() -> None:
     res = sset.resolution.model_copy(update={"width": args.width, "height": args.height})
     sset = sset.model_copy(update={"clip_seconds": args.seconds, "resolution": res})
     tmp = Path(tempfile.mkdtemp(prefix="bench_render_"))
+    print(f"load average at start: {_load()}")
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     print(f"ray.init: {time.perf_counter() - t0:.1f} s")
+    runs: dict[int, list[tuple[Any, float]]] = {1: [], 2: []}
     try:
-        reports = {}
-        for workers in (1, 2):
-            reports[workers] = render_set(
-                sset,
-                tmp / f"w{workers}.zarr",
-                clips_per_scene=args.clips,
-                workers=workers,
-                device="cpu",
-                progress=False,
-            )
+        for rep in range(args.repeat):  # alternate 1 and 2 workers: load drifts over minutes
+            for workers in (1, 2):
+                cpu = _ActorCpu()
+                report = render_set(
+                    sset,
+                    tmp / f"w{workers}_{rep}.zarr",
+                    clips_per_scene=args.clips,
+                    workers=workers,
+                    device="cpu",
+                    progress=False,
+                    on_start=cpu.start,
+                    on_result=cpu.sample,
+                )
+                runs[workers].append((report, cpu.total()))
     finally:
         ray.shutdown()
 
-    n_clips = len(reports[1].done)
-    load = os.getloadavg()[0]
-    print(f"load average now: {load:.1f} on {os.cpu_count()} cores (others' work skews scaling)")
+    print(f"load average at end: {_load()}; {_autogroup()}")
+    n_clips = len(runs[1][0][0].done)
     print(
         f"\n{n_clips} clips x {sset.frames_per_clip} stereo frames, "
-        f"{args.width}x{args.height}, demo scenes"
+        f"{args.width}x{args.height}, demo scenes, best of {args.repeat} alternating runs"
     )
-    fps = {w: r.frames / r.seconds for w, r in reports.items()}
-    for w, r in reports.items():
+    fps = {}
+    for w, rs in runs.items():
+        r, cpu_s = max(rs, key=lambda rc: rc[0].frames / rc[0].seconds)
+        fps[w] = r.frames / r.seconds
         print(
             f"  {w} worker(s): {fps[w]:7.1f} stereo frames/s  ({r.frames} frames in "
-            f"{r.seconds:.2f} s, incl. actor start and scene load)"
+            f"{r.seconds:.2f} s incl. actor start and scene load; actors used {cpu_s:.1f} CPU s "
+            f"= {cpu_s / r.seconds:.2f} cores, {1e3 * cpu_s / r.frames:.0f} CPU ms/frame)"
         )
     print(f"  speed-up 2 vs 1 workers: {fps[2] / fps[1]:.2f}x  (target >= 1.7x)")
-    r = reports[1]
-    print(
-        f"  store write time / render time: {100 * r.write_s / r.render_s:.1f} %  "
-        f"(write {r.write_s:.2f} s, render {r.render_s:.2f} s; target <= 5 %)"
-    )
+    for w, rs in runs.items():
+        write, render = sum(r.write_s for r, _ in rs), sum(r.render_s for r, _ in rs)
+        print(
+            f"  store write time / render time, {w} worker(s): {100 * write / render:.1f} %  "
+            f"(write {write:.2f} s, render {render:.2f} s over {len(rs)} runs; target <= 5 %)"
+        )
 
-    store_path = tmp / "w1.zarr"
+    store_path = tmp / "w1_0.zarr"
     store = ClipStore(store_path)
     frames = sum(store.clip(c).n_frames for c in store.clip_ids())
     print("\nbytes per stereo frame (stored, raw, ratio):")
