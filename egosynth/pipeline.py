@@ -7,14 +7,16 @@ result (its command, resolved arguments, the fingerprints of the stages it needs
 contents of the config files it names). A rerun skips a stage whose marker matches and whose
 outputs exist; change anything upstream and everything downstream reruns.
 
-Variables: `{workdir}` and every key of `vars:` (overridable with `--set key=value`) are
-substituted into arguments and outputs.
+Variables: `{workdir}` and every key of `vars:` (overridable with `--set key=value`, which
+also overrides `workdir`) are substituted into arguments and outputs. Relative paths are
+relative to the working directory the pipeline is run from (normally the repository root).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -105,6 +107,14 @@ def _subst(text: str | int | float, env: dict[str, Any], path: Path, where: str)
         raise ConfigError(path, where, text, f"unknown variable {exc}") from None
 
 
+def pipeline_env(pipe: Pipeline, path: Path) -> dict[str, str]:
+    """The substitution variables of a pipeline: `name`, its `vars` and the resolved `workdir`."""
+    env = {"name": pipe.name, **{k: str(v) for k, v in pipe.vars.items()}}
+    # `--set workdir=...` overrides the pipeline's own workdir (tests, scratch runs).
+    env["workdir"] = _subst(env.get("workdir", pipe.workdir), env, path, "workdir")
+    return env
+
+
 def _file_digest(arg: str) -> str | None:
     p = Path(arg)
     if p.suffix in (".yaml", ".yml", ".json") and p.is_file():
@@ -121,8 +131,7 @@ def run_pipeline(
     """Run every stage in dependency order, skipping stages whose cached result is current."""
     path = Path(path).resolve()
     pipe = load_pipeline(path, overrides)
-    env: dict[str, Any] = {"name": pipe.name, **{k: str(v) for k, v in pipe.vars.items()}}
-    env["workdir"] = _subst(pipe.workdir, env, path, "workdir")
+    env = pipeline_env(pipe, path)
     markers = Path(env["workdir"]) / ".stages"
     fingerprints: dict[str, str] = {}
     results = []
@@ -143,6 +152,7 @@ def run_pipeline(
             log(f"[{name}] cached, skipped ({st.command})")
             results.append(StageResult(name, "skipped", 0.0, outputs))
             continue
+        _discard_stale(marker, outputs, Path(env["workdir"]), log)
         log(f"[{name}] egosynth {st.command} {' '.join(args)}")
         t0 = time.perf_counter()
         rc = subprocess.call([sys.executable, "-m", "egosynth.cli", st.command, *args])
@@ -158,6 +168,24 @@ def run_pipeline(
         tmp.replace(marker)  # atomic: a stage is done only once its marker is complete
         results.append(StageResult(name, "ran", dt, outputs))
     return results
+
+
+def _discard_stale(marker: Path, outputs: list[Path], workdir: Path, log) -> None:
+    """Before rerunning a stage that finished with other inputs, drop its old outputs.
+
+    Only outputs inside the pipeline's workdir are removed (the pipeline owns them), and only
+    when a finished marker exists: an interrupted stage keeps its partial outputs so commands
+    that resume (render) can pick up where they stopped.
+    """
+    if not marker.is_file():
+        return
+    marker.unlink()
+    root = workdir.resolve()
+    for out in outputs:
+        target = out.resolve()
+        if target.exists() and root in target.parents:
+            log(f"  removing outdated {out}")
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
 
 
 def _is_current(marker: Path, fingerprint: str, outputs: list[Path]) -> bool:

@@ -76,3 +76,19 @@ def test_pipeline_cli_set_override(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["pipeline", "run", str(p), "--set", "clips=1"]) == 0
     assert main(["pipeline", "run", str(p), "--set", "clips"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_changed_stage_replaces_outputs_it_owns_but_keeps_partial_ones(tmp_path: Path) -> None:
+    p = write(tmp_path, {"a": STAGES["a"]})
+    run_pipeline(p, log=lambda *_: None)
+    out = tmp_path / "work" / "a.npz"
+    stale = out.read_bytes()
+    removed: list[str] = []
+    run_pipeline(p, overrides={"clips": "2"}, log=removed.append)
+    assert any("removing outdated" in m for m in removed)
+    assert out.read_bytes() != stale
+    # No finished marker (an interrupted stage): outputs are left for the command to resume.
+    (tmp_path / "work" / ".stages" / "a.json").unlink()
+    logs: list[str] = []
+    run_pipeline(p, overrides={"clips": "2"}, log=logs.append)
+    assert not any("removing" in m for m in logs)
