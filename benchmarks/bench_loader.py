@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from egosynth.data import WindowLoader
-from egosynth.data.synthetic import prepare, write_clip
+from egosynth.data.synthetic import prepare
 
 
 def photo_frames(n: int, height: int, width: int, k: int) -> np.ndarray:
@@ -61,12 +61,8 @@ def build(root: Path, args: argparse.Namespace) -> tuple[Path, list[np.ndarray],
     memmaps, mp4s = [], []
     for k in tqdm(range(args.clips), desc="writing clips (zarr, npy, mp4)"):
         rgb = photo_frames(args.frames, args.height, args.width, k)
-
-        def frames_fn(kk: int, t0: int, t1: int, h: int, w: int, rgb=rgb) -> dict:
-            z = np.zeros((t1 - t0, 2, h, w), np.uint8)
-            return {"rgb": rgb[t0:t1], "depth": z, "instance": z, "part": z}
-
-        write_clip(store, k, args.frames, args.height, args.width, args.chunk_frames, frames_fn)
+        z = np.zeros(rgb.shape[:-1], np.uint8)  # rgb only: other image arrays stay empty
+        write_clip(store, k, args, {"rgb": rgb, "depth": z, "instance": z, "part": z})
         npy = root / f"c{k:05d}.npy"
         np.save(npy, rgb)
         memmaps.append(np.load(npy, mmap_mode="r"))
@@ -83,6 +79,20 @@ def build(root: Path, args: argparse.Namespace) -> tuple[Path, list[np.ndarray],
                 out.mux(packet)
         mp4s.append(mp4)
     return store, memmaps, mp4s
+
+
+def write_clip(store: Path, k: int, args: argparse.Namespace, frames: dict) -> None:
+    """One clip through the store's writer, with the benchmark's chunk and Blosc level."""
+    from egosynth.data.synthetic import FPS, pattern_meta
+    from egosynth.store import ClipWriter
+
+    n, h, w = args.frames, args.height, args.width
+    attrs = {"scene": "synthetic", "seed": k, "fps": FPS}
+    cw = ClipWriter(store, f"c{k:05d}", n, h, w, attrs, args.chunk_frames, clevel=args.clevel)
+    for t0 in range(0, n, cw.chunk_frames):
+        cw.write_frames(t0, {name: v[t0 : t0 + cw.chunk_frames] for name, v in frames.items()})
+    cw.write_meta(*pattern_meta(k, n))
+    cw.complete()
 
 
 def plan(loader: WindowLoader) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -167,6 +177,7 @@ def main() -> None:
     p.add_argument("--block", type=int, default=8, help="windows kept together by the shuffle")
     p.add_argument("--cache-mb", type=int, default=256, help="loader chunk cache (MiB)")
     p.add_argument("--chunk-frames", type=int, default=None, help="store chunk (default: store's)")
+    p.add_argument("--clevel", type=int, default=5, help="Blosc level of the store (0: stored)")
     p.add_argument("--repeat", type=int, default=3, help="passes per path; the best is kept")
     p.add_argument("--gop", type=int, default=16, help="mp4 keyframe interval (frames)")
     p.add_argument("--mp4-batches", type=int, default=6, help="batches timed for mp4 (slow)")
@@ -180,6 +191,7 @@ def main() -> None:
         mp4_mb = sum(f.stat().st_size for f in mp4s) / 2**20
         print(
             f"{args.clips} clips x {args.frames} stereo frames {args.height}x{args.width}, "
+            f"Blosc lz4 clevel {args.clevel}, "
             f"rgb only; on disk: npy {rgb_mb:.0f} MiB, store {store_mb:.0f} MiB, mp4 "
             f"{mp4_mb:.1f} MiB. Windows of T={args.length}, skip {args.skip}, batch "
             f"{args.batch}, (seed 0, epoch 0) order, one process, cache {args.cache_mb} MiB."

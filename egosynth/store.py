@@ -446,10 +446,10 @@ def complete_clip_ids(path: str | Path, fingerprint: str | None = None) -> set[s
 
 # --------------------------------------------------------------------------- worker side
 def _create_arrays(
-    group: zarr.Group, n_frames: int, height: int, width: int, tc: int, cname: str
+    group: zarr.Group, n_frames: int, height: int, width: int, tc: int, cname: str, clevel: int
 ) -> dict[str, zarr.Array]:
     """Create every array of a clip group through zarr (the definition of the layout)."""
-    comp = compressors(cname)
+    comp = compressors(cname, clevel)
     arrays: dict[str, zarr.Array] = {}
     for name, (dtype, tail, dims) in IMAGE_ARRAYS.items():
         shape = (n_frames, 2, height, width, *tail)
@@ -494,16 +494,18 @@ def _group_doc(attrs: Mapping[str, Any]) -> bytes:
     return doc.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
 
 
-_ARRAY_DOCS: dict[tuple[int, int, int, int, str], dict[str, bytes]] = {}
+_ARRAY_DOCS: dict[tuple[int, int, int, int, str, int], dict[str, bytes]] = {}
 
 
-def _array_docs(n_frames: int, height: int, width: int, tc: int, cname: str) -> dict[str, bytes]:
+def _array_docs(
+    n_frames: int, height: int, width: int, tc: int, cname: str, clevel: int
+) -> dict[str, bytes]:
     """name -> the zarr.json bytes of every array of a clip group, exactly as zarr writes them.
 
     zarr makes them once per layout in a memory store; each clip then writes them as plain
     files (creating 12 arrays through zarr took ~35 ms per clip here, the files < 2 ms).
     """
-    key = (n_frames, height, width, tc, cname)
+    key = (n_frames, height, width, tc, cname, clevel)
     if key not in _ARRAY_DOCS:
         mem: dict[str, Any] = {}
         _create_arrays(zarr.open_group(zarr.storage.MemoryStore(store_dict=mem), mode="w"), *key)
@@ -537,6 +539,7 @@ class ClipWriter:
         chunk_frames: int | None = None,
         cname: str = "lz4",
         *,
+        clevel: int = 5,
         direct: bool = True,
     ) -> None:
         self.path, self.clip_id, self.n_frames = str(path), clip_id, n_frames
@@ -554,7 +557,7 @@ class ClipWriter:
         # group may mark it complete (it is dropped from the final attrs).
         self.token = uuid.uuid4().hex
         writing = {**self.attrs, "status": WRITING, "writer": self.token}
-        layout = (n_frames, height, width, self.chunk_frames, cname)
+        layout = (n_frames, height, width, self.chunk_frames, cname, clevel)
         self.arrays: dict[str, zarr.Array] = {}  # zarr handles, opened when first needed
         self.direct: dict[str, _Direct] = {}
         self._made: set[Path] = set()
