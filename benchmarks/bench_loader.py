@@ -14,6 +14,7 @@ codecs see natural-image content. Targets (issue 6): (a) >= 0.5x (b) and >= 3x (
 
 Each row keeps the best of --repeat interleaved passes of (a) and (b); every (a) pass is a
 fresh loader (cold cache, store not yet opened), so the hits column is one epoch's.
+--chunk-frames and --clevel (0 = Blosc stores the bytes uncompressed) set the store's layout.
 """
 
 from __future__ import annotations
