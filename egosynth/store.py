@@ -36,6 +36,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -158,7 +159,8 @@ class _Direct:
     """Reads and writes the chunk files of ONE array without zarr.
 
     Qualifies only: chunks split axis 0 alone, codecs `bytes` (little-endian) -> `blosc` ->
-    `crc32c`, regular grid, default chunk keys with "/" (what `ClipWriter` creates).
+    `crc32c`, regular grid, default chunk keys with "/" (what `ClipWriter` creates), on a
+    little-endian machine.
     """
 
     folder: Path
@@ -171,6 +173,8 @@ class _Direct:
     @classmethod
     def from_metadata(cls, folder: Path, md: Mapping[str, Any]) -> _Direct | None:
         """The direct reader of an array's zarr.json document, or None (use zarr)."""
+        if sys.byteorder != "little":  # decoded bytes are used as native numbers
+            return None
         try:
             codecs = md["codecs"]
             if [c["name"] for c in codecs] != ["bytes", "blosc", "crc32c"]:
@@ -198,7 +202,6 @@ class _Direct:
                 blocksize=int(b.get("blocksize", 0)),
                 typesize=int(b.get("typesize", dtype.itemsize)),
             )
-            dtype = dtype.newbyteorder("<")
             return cls(folder, shape, chunks, dtype, np.array(md["fill_value"], dtype), blosc)
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
@@ -222,7 +225,7 @@ class _Direct:
                 whole = np.empty(self.chunks, self.dtype)
                 self._decode(c, whole)
                 out[a - start : b - start] = whole[a - lo : b - lo]
-        return out if self.dtype.isnative else out.astype(self.dtype.newbyteorder("="))
+        return out
 
     def _decode(self, c: int, dst: NDArray) -> None:
         """Decode chunk `c` into the C-contiguous `dst` (fill value when never written)."""
@@ -719,7 +722,7 @@ class Clip:
         """(shape, dtype) of array `name`, from its metadata."""
         d = self._direct_reader(name)
         if d is not None:
-            return d.shape, d.dtype.newbyteorder("=")
+            return d.shape, d.dtype
         arr = self.array(name)
         return tuple(arr.shape), np.dtype(arr.dtype)
 
@@ -835,7 +838,8 @@ class ClipStore:
         local = _local(self.path)
         if local is not None:  # one small file read; zarr's lookup costs ~1-2 ms
             folder = local / CLIPS / clip_id
-            doc = _read_json(folder / "zarr.json") if "/" not in clip_id else None
+            plain = clip_id not in ("", ".", "..") and "/" not in clip_id and "\\" not in clip_id
+            doc = _read_json(folder / "zarr.json") if plain else None
             if doc is None or doc.get("node_type") != "group":
                 raise EgosynthError(f"{self.path}: no clip {clip_id!r}")
             clip = Clip(clip_id, dict(doc.get("attributes") or {}), self.root, folder)

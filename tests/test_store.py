@@ -397,5 +397,6 @@ def test_clip_listing_ignores_unfinished_writes_silently(store: Path, tmp_path: 
         assert cs.clip_ids(include_incomplete=True) == ids
         assert complete_clip_ids(path) == set(ids)
         assert sorted(finalize_store(path, ids)) == ids
-    with pytest.raises(EgosynthError, match="no clip 'being-made'"):
-        ClipStore(path).clip("being-made")
+    for name in ("being-made", "..", f"{ids[0]}/rgb"):  # never a folder outside clips/
+        with pytest.raises(EgosynthError, match=f"no clip {name!r}"):
+            ClipStore(path).clip(name)
