@@ -122,19 +122,23 @@ def _file_digest(arg: str) -> str | None:
     return None
 
 
-def run_pipeline(
-    path: str | Path,
-    overrides: dict[str, str] | None = None,
-    force: bool = False,
-    log=print,
-) -> list[StageResult]:
-    """Run every stage in dependency order, skipping stages whose cached result is current."""
-    path = Path(path).resolve()
-    pipe = load_pipeline(path, overrides)
-    env = pipeline_env(pipe, path)
+@dataclass
+class _Planned:
+    name: str
+    command: str
+    args: list[str]
+    needs: list[str]
+    outputs: list[Path]
+    key: dict[str, Any]
+    fingerprint: str
+    marker: Path
+
+
+def plan_pipeline(pipe: Pipeline, path: Path, env: dict[str, str]) -> list[_Planned]:
+    """Resolve every stage's arguments and fingerprint, in dependency order."""
     markers = Path(env["workdir"]) / ".stages"
     fingerprints: dict[str, str] = {}
-    results = []
+    planned = []
     for name in topo_order(pipe.stages):
         st = pipe.stages[name]
         args = [_subst(a, env, path, f"stages.{name}.args") for a in st.args]
@@ -147,27 +151,90 @@ def run_pipeline(
         }
         fp = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
         fingerprints[name] = fp
-        marker = markers / f"{name}.json"
-        if not force and _is_current(marker, fp, outputs):
-            log(f"[{name}] cached, skipped ({st.command})")
-            results.append(StageResult(name, "skipped", 0.0, outputs))
-            continue
-        _discard_stale(marker, outputs, Path(env["workdir"]), log)
-        log(f"[{name}] egosynth {st.command} {' '.join(args)}")
-        t0 = time.perf_counter()
-        rc = subprocess.call([sys.executable, "-m", "egosynth.cli", st.command, *args])
-        dt = time.perf_counter() - t0
-        if rc != 0:
-            raise EgosynthError(f"{path}: stage {name!r} ({st.command}) failed with exit {rc}")
-        missing = [str(o) for o in outputs if not o.exists()]
-        if missing:
-            raise EgosynthError(f"{path}: stage {name!r} did not write {', '.join(missing)}")
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"fingerprint": fp, "seconds": dt, **key}, indent=1))
-        tmp.replace(marker)  # atomic: a stage is done only once its marker is complete
-        results.append(StageResult(name, "ran", dt, outputs))
-    return results
+        planned.append(
+            _Planned(name, st.command, args, st.needs, outputs, key, fp, markers / f"{name}.json")
+        )
+    return planned
+
+
+def run_pipeline(
+    path: str | Path,
+    overrides: dict[str, str] | None = None,
+    force: bool = False,
+    log=print,
+    jobs: int = 1,
+) -> list[StageResult]:
+    """Run every stage in dependency order, skipping stages whose cached result is current.
+
+    With `jobs` > 1, independent stages run concurrently and each stage's output goes to
+    `<workdir>/logs/<stage>.log`; with 1 job it goes to the terminal.
+    """
+    path = Path(path).resolve()
+    pipe = load_pipeline(path, overrides)
+    env = pipeline_env(pipe, path)
+    workdir = Path(env["workdir"])
+    pending = plan_pipeline(pipe, path, env)
+    results: dict[str, StageResult] = {}
+    running: dict[str, tuple[_Planned, subprocess.Popen, float]] = {}
+    failure: str | None = None
+    while pending or running:
+        for st in [s for s in pending if all(d in results for d in s.needs)]:
+            if failure or len(running) >= max(1, jobs):
+                break
+            pending.remove(st)
+            if not force and _is_current(st.marker, st.fingerprint, st.outputs):
+                log(f"[{st.name}] cached, skipped ({st.command})")
+                results[st.name] = StageResult(st.name, "skipped", 0.0, st.outputs)
+                continue
+            _discard_stale(st.marker, st.outputs, workdir, log)
+            log(f"[{st.name}] egosynth {st.command} {' '.join(st.args)}")
+            running[st.name] = (st, _launch(st, workdir if jobs > 1 else None),
+                                time.perf_counter())
+        if not running:
+            if pending and not failure:
+                continue  # stages became ready through skips: schedule them
+            break
+        time.sleep(0.05)
+        for name, (st, proc, t0) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[name]
+            dt = time.perf_counter() - t0
+            problem = _finish(st, proc.returncode, dt, jobs > 1, workdir)
+            if problem:
+                failure = failure or f"{path}: {problem}"
+                continue
+            log(f"[{name}] done in {dt:.0f} s")
+            results[name] = StageResult(name, "ran", dt, st.outputs)
+    if failure:
+        raise EgosynthError(failure)
+    return [results[s] for s in topo_order(pipe.stages)]
+
+
+def _launch(st: _Planned, log_dir: Path | None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "egosynth.cli", st.command, *st.args]
+    if log_dir is None:
+        return subprocess.Popen(cmd)
+    log_file = log_dir / "logs" / f"{st.name}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("wb") as fh:  # the child keeps its own handle
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+
+
+def _finish(st: _Planned, rc: int, seconds: float, logged: bool, workdir: Path) -> str | None:
+    """Check a finished stage and write its marker; return a problem description or None."""
+    where = f" (log: {workdir / 'logs' / (st.name + '.log')})" if logged else ""
+    if rc != 0:
+        return f"stage {st.name!r} ({st.command}) failed with exit {rc}{where}"
+    missing = [str(o) for o in st.outputs if not o.exists()]
+    if missing:
+        return f"stage {st.name!r} did not write {', '.join(missing)}{where}"
+    st.marker.parent.mkdir(parents=True, exist_ok=True)
+    tmp = st.marker.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"fingerprint": st.fingerprint, "seconds": seconds, **st.key},
+                              indent=1))
+    tmp.replace(st.marker)  # atomic: a stage is done only once its marker is complete
+    return None
 
 
 def _discard_stale(marker: Path, outputs: list[Path], workdir: Path, log) -> None:

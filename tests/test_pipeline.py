@@ -92,3 +92,24 @@ def test_changed_stage_replaces_outputs_it_owns_but_keeps_partial_ones(tmp_path:
     logs: list[str] = []
     run_pipeline(p, overrides={"clips": "2"}, log=logs.append)
     assert not any("removing" in m for m in logs)
+
+
+def test_parallel_jobs_give_the_same_results_and_log_per_stage(tmp_path: Path) -> None:
+    stages = {**STAGES, "c": {**STAGES["a"], "args": [*STAGES["a"]["args"][:-1], "{workdir}/c.npz"],
+                              "outputs": ["{workdir}/c.npz"]}}
+    p = write(tmp_path, stages)
+    res = run_pipeline(p, jobs=2, log=lambda *_: None)
+    assert [r.name for r in res] == ["a", "b", "c"] and {r.status for r in res} == {"ran"}
+    logs = tmp_path / "work" / "logs"
+    assert {f.stem for f in logs.glob("*.log")} == {"a", "b", "c"}
+    assert "wrote" in (logs / "b.log").read_text()
+    assert [r.status for r in run_pipeline(p, jobs=2, log=lambda *_: None)] == ["skipped"] * 3
+
+
+def test_parallel_failure_stops_and_names_the_log(tmp_path: Path) -> None:
+    stages = {"a": {"command": "trajectory", "args": ["missing.yaml", "--out", "{workdir}/a"]},
+              "b": STAGES["a"] | {"needs": ["a"]}}
+    p = write(tmp_path, stages)
+    with pytest.raises(EgosynthError, match=r"stage 'a'.*log: .*a\.log"):
+        run_pipeline(p, jobs=2, log=lambda *_: None)
+    assert not (tmp_path / "work" / "a.npz").exists()

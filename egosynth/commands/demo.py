@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from egosynth.commands.pipeline import add_jobs_option
 from egosynth.config import REPO_ROOT
 
 DEMO_PIPELINE = REPO_ROOT / "pipelines" / "demo.yaml"
@@ -22,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a pipeline variable, e.g. --set steps=20")
     p.add_argument("--force", action="store_true", help="rerun every stage")
+    add_jobs_option(p)
     p.set_defaults(func=run)
 
 
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     overrides = parse_overrides(args.set)
-    results = run_pipeline(DEMO_PIPELINE, overrides, force=args.force)
+    results = run_pipeline(DEMO_PIPELINE, overrides, force=args.force, jobs=args.jobs)
     workdir = Path(pipeline_env(load_pipeline(DEMO_PIPELINE, overrides), DEMO_PIPELINE)["workdir"])
     report = workdir / "eval" / "report.json"
     print(f"\negosynth demo finished in {time.perf_counter() - t0:.0f} s "

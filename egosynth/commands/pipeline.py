@@ -19,7 +19,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a pipeline variable (repeatable)")
     r.add_argument("--force", action="store_true", help="rerun every stage")
+    add_jobs_option(r)
     r.set_defaults(func=run)
+
+
+def add_jobs_option(p: argparse.ArgumentParser) -> None:
+    import os
+
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="stages to run at once (default: CPU count); with more than 1, each "
+                   "stage's output goes to <workdir>/logs/<stage>.log")
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
@@ -37,7 +46,7 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     from egosynth.pipeline import run_pipeline
 
-    results = run_pipeline(args.file, parse_overrides(args.set), force=args.force)
+    results = run_pipeline(args.file, parse_overrides(args.set), force=args.force, jobs=args.jobs)
     for r in results:
         print(f"  {r.name:<16} {r.status:<8} {r.seconds:7.1f} s  {', '.join(map(str, r.outputs))}")
     return 0
