@@ -13,12 +13,16 @@ from hypothesis import strategies as st
 
 from egosynth.errors import EgosynthError
 from egosynth.train.diagnostics import (
+    context_box,
     dominant_instance,
     effective_rank,
     eta_values,
     frame_categories,
+    instance_boxes,
     linear_probe,
     next_frame_errors,
+    object_crops,
+    wilson_interval,
 )
 from egosynth.train.encoders import Encoder, EncoderConfig
 from egosynth.train.losses import (
@@ -328,3 +332,50 @@ def test_linear_probe_separable_and_random() -> None:
     noise = torch.randn(90, 5, generator=g)
     bad = linear_probe(noise[:60], y[:60], noise[60:], y[60:])
     assert bad["accuracy"] < 0.7
+
+
+# --------------------------------------------------------------------------- object crops
+def test_instance_boxes_golden() -> None:
+    inst = np.zeros((6, 8), np.int32)
+    inst[1:3, 2:5] = 4  # 6 pixels
+    inst[5, 7] = 9  # 1 pixel
+    assert instance_boxes(inst) == {4: (1, 3, 2, 5), 9: (5, 6, 7, 8)}
+    assert instance_boxes(inst, min_pixels=2) == {4: (1, 3, 2, 5)}
+
+
+@settings(max_examples=60, deadline=None)
+@given(y0=st.integers(0, 95), x0=st.integers(0, 127), h=st.integers(1, 96), w=st.integers(1, 128))
+def test_context_box_inside_image_with_target_aspect(y0: int, x0: int, h: int, w: int) -> None:
+    y1, x1 = min(y0 + h, 96), min(x0 + w, 128)
+    top, bottom, left, right = context_box((y0, y1, x0, x1), (96, 128), (64, 48))
+    assert 0 <= top < bottom <= 96 and 0 <= left < right <= 128
+    assert (right - left) / (bottom - top) == pytest.approx(4 / 3, abs=0.05)
+    if (y1 - y0) * 1.5 <= 96 and (x1 - x0) * 1.5 <= 96 * 4 / 3:  # fits with context: inside
+        assert top <= y0 and bottom >= y1 and left <= x0 and right >= x1
+
+
+def test_object_crops_one_per_visible_labelled_object() -> None:
+    rgb = np.zeros((2, 2, 48, 64, 3), np.uint8)
+    inst = np.zeros((2, 2, 48, 64), np.int32)
+    rgb[0, :, 10:20, 10:20] = (255, 0, 0)  # frame 0: object 1 (red) in both eyes
+    inst[0, :, 10:20, 10:20] = 1
+    rgb[0, :, 30:40, 40:50] = (0, 0, 255)  # object 2 (blue), labelled in the left eye only
+    inst[0, 0, 30:40, 40:50] = 2
+    inst[1, :, 0:2, 0:2] = 1  # frame 1: 8 pixels of object 1, below min_pixels
+    inst[1, :, 20:30, 20:30] = 7  # unlabelled id
+    crops, cats = object_crops(rgb, inst, {1: 0, 2: 2}, (16, 12), min_pixels=30)
+    assert crops.shape == (2, 2, 12, 16, 3) and crops.dtype == np.uint8
+    assert cats.tolist() == [0, 2]
+    centre = crops[:, :, 6, 8]  # the object sits at the centre of its crop, in each eye
+    assert (centre[0] == (255, 0, 0)).all()
+    assert (centre[1] == (0, 0, 255)).all()  # the right eye borrows the left eye's box
+    empty, none = object_crops(rgb[1:], inst[1:], {1: 0}, (16, 12), min_pixels=30)
+    assert empty.shape == (0, 2, 12, 16, 3) and none.shape == (0,)
+
+
+def test_wilson_interval_golden() -> None:
+    low, high = wilson_interval(50, 100)
+    assert (low, high) == (pytest.approx(0.4038, abs=1e-4), pytest.approx(0.5962, abs=1e-4))
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)

@@ -271,3 +271,53 @@ def test_cli_missing_store(capsys, tmp_path) -> None:
     rc = main(["train", str(tmp_path / "nope.zarr")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "store not found" in err and "\n" not in err
+
+
+def test_probe_data_has_object_crops_from_instance_masks(store: Path) -> None:
+    ids = ["room_0-0000", "room_0-0001", "room_1-0000", "room_1-0001"]
+    train, held = split_clips(ids, ["room_0", "room_0", "room_1", "room_1"])
+    probe = probe_from_store(store, train, held, window=8, limit=4, size=(16, 12), max_crops=50)
+    assert probe is not None and probe.train_crops is not None
+    assert probe.heldout_crops is not None and probe.heldout_crop_cat is not None
+    assert probe.train_crops.shape[1:] == (2, 12, 16, 3)  # both eyes, resized to `size`
+    assert 0 < len(probe.train_crops) <= 50 and len(probe.train_crop_cat) == len(probe.train_crops)
+    assert len(probe.heldout_crops) > 0
+    cats = torch.cat([probe.train_crop_cat, probe.heldout_crop_cat])
+    n_names = len(
+        CategoryTable.from_store(__import__("egosynth.store").store.ClipStore(store)).names
+    )
+    assert int(cats.min()) >= 0 and int(cats.max()) < n_names
+    assert probe.train_rgb.shape[:2] == (4, 8)  # `limit` windows per split
+
+
+def _colour_crops(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """(N, 2, 12, 16, 3) uint8 crops whose colour is their label (red / green / blue) + noise."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 60, (len(labels), 2, 12, 16, 3), generator=g)
+    x[torch.arange(len(labels)), ..., labels] += 180
+    return x.to(torch.uint8)
+
+
+def test_crop_probe_reads_category_and_reports_interval() -> None:
+    """The trainer's probe fits on training crops and scores held-out crops: colour-coded
+    categories are read perfectly even by a random encoder; shuffled labels are not."""
+    from egosynth.train.loop import ProbeData
+
+    ty, hy = torch.arange(60) % 3, torch.arange(30) % 3
+    windows = torch.zeros(2, 4, 2, 12, 16, 3, dtype=torch.uint8)
+    frame_cat = torch.full((2, 4), -1)
+    cfg = tiny_cfg(objectives=("slow",), diag_every=1)
+
+    def probe_with(held_labels: torch.Tensor) -> dict[str, float]:
+        data = ProbeData(windows, frame_cat, windows, frame_cat, _colour_crops(ty, 0), ty,
+                         _colour_crops(hy, 1), held_labels)  # fmt: skip
+        return Trainer(cfg, [], probe=data).diagnostics()
+
+    good = probe_with(hy)
+    assert good["probe/accuracy"] == 1.0
+    assert good["probe/n_heldout"] == 30 and good["probe/n_train"] == 60
+    assert good["probe/ci95_low"] < 1.0 and good["probe/ci95_high"] == 1.0
+    shuffled = hy[torch.randperm(30, generator=torch.Generator().manual_seed(2))]
+    bad = probe_with(shuffled)
+    assert bad["probe/accuracy"] < 0.7
+    assert bad["probe/ci95_low"] <= bad["probe/accuracy"] <= bad["probe/ci95_high"]

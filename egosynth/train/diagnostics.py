@@ -108,3 +108,97 @@ def linear_probe(
         acc = float((lin(test_x).argmax(1) == test_y).float().mean())
     majority = float(torch.bincount(test_y, minlength=n_cls).max()) / max(len(test_y), 1)
     return {"accuracy": acc, "majority": majority, "classes": float(n_cls)}
+
+
+# --------------------------------------------------------------------------- object crops
+def instance_boxes(instance: NDArray, min_pixels: int = 1) -> dict[int, tuple[int, int, int, int]]:
+    """(H, W) instance ids -> {id: (y0, y1, x0, x1)} bounding boxes (end-exclusive) of every
+    non-background instance covering at least `min_pixels` pixels."""
+    inst = np.asarray(instance)
+    ids, counts = np.unique(inst[inst > 0], return_counts=True)
+    boxes = {}
+    for i in ids[counts >= min_pixels]:
+        ys, xs = np.nonzero(inst == i)
+        boxes[int(i)] = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1)
+    return boxes
+
+
+def context_box(
+    box: tuple[int, int, int, int],
+    image_hw: tuple[int, int],
+    size: tuple[int, int],
+    context: float = 1.5,
+    min_height: int = 16,
+) -> tuple[int, int, int, int]:
+    """Grow a (y0, y1, x0, x1) box around its centre to the aspect ratio of `size` (w, h),
+    `context` times the object's extent (at least `min_height` rows), shifted (not clipped)
+    to stay inside the image, so that every crop shows the object with some surroundings
+    at one aspect ratio and resizing never distorts it."""
+    img_h, img_w = image_hw
+    aspect = size[0] / size[1]
+    y0, y1, x0, x1 = box
+    h = max((y1 - y0) * context, (x1 - x0) * context / aspect, min_height)
+    h = min(h, img_h, img_w / aspect)
+    w = h * aspect
+    cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+    top = round(min(max(cy - h / 2, 0), img_h - h))
+    left = round(min(max(cx - w / 2, 0), img_w - w))
+    return top, min(top + round(h), img_h), left, min(left + round(w), img_w)
+
+
+def object_crops(
+    rgb: NDArray,
+    instance: NDArray,
+    id_to_category: Mapping[int, int],
+    size: tuple[int, int],
+    min_pixels: int = 30,
+    context: float = 1.5,
+) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+    """One crop per visible labelled object per frame, for the linear probe.
+
+    rgb (T, E, H, W, 3) uint8 and instance (T, E, H, W) of one clip -> crops (N, E, h, w, 3)
+    uint8 resized to `size` (w, h) and their category indices (N,). An object counts when it
+    covers >= `min_pixels` pixels over the eyes; each eye is cropped around the object's box in
+    that eye (the other eye's box where it is hidden in this one), with `context`.
+    """
+    rgb, instance = np.asarray(rgb), np.asarray(instance)
+    t, e, img_h, img_w = instance.shape
+    crops: list[NDArray] = []
+    labels: list[int] = []
+    for f in range(t):
+        boxes = [instance_boxes(instance[f, k]) for k in range(e)]
+        ids, counts = np.unique(instance[f][instance[f] > 0], return_counts=True)
+        for i in ids[counts >= min_pixels]:
+            cat = id_to_category.get(int(i), -1)
+            if cat < 0:
+                continue
+            seen = [b[int(i)] for b in boxes if int(i) in b]
+            eyes = []
+            for k in range(e):
+                y0, y1, x0, x1 = context_box(boxes[k].get(int(i), seen[0]), (img_h, img_w), size)
+                eyes.append(_resize(rgb[f, k, y0:y1, x0:x1], size))
+            crops.append(np.stack(eyes))
+            labels.append(cat)
+    if not crops:
+        return np.zeros((0, e, size[1], size[0], 3), np.uint8), np.zeros(0, np.int64)
+    return np.stack(crops), np.array(labels, np.int64)
+
+
+def _resize(img: NDArray, size: tuple[int, int]) -> NDArray[np.uint8]:
+    """(h, w, 3) uint8 -> (size[1], size[0], 3): area averaging down, bilinear up."""
+    import cv2
+
+    shrink = img.shape[0] > size[1]
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95 % for z = 1.96); (0, 1) for n = 0.
+    It assumes independent trials: crops of consecutive frames are not, so read it as a lower
+    bound on the uncertainty."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -19,13 +19,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from egosynth.errors import EgosynthError
 from egosynth.train import checkpoint as ckpt
-from egosynth.train.diagnostics import effective_rank, eta_values, linear_probe, next_frame_errors
+from egosynth.train.diagnostics import (
+    effective_rank,
+    eta_values,
+    linear_probe,
+    next_frame_errors,
+    wilson_interval,
+)
 from egosynth.train.encoders import Encoder, EncoderConfig
 from egosynth.train.losses import SlowConfig, SlowLoss, prednet_loss
 from egosynth.train.predictive import LatentPredictor, PredNet
@@ -34,6 +41,7 @@ OBJECTIVES = ("slow", "latent", "pixel")
 ALIASES = {"predictive": ("latent", "pixel"), "predictive-latent": ("latent",),
            "predictive-pixel": ("pixel",)}  # fmt: skip
 AMP_MODES = ("auto", "off", "bf16", "fp16")
+MIN_OBJECT_FRACTION = 30 / (128 * 96)  # least share of a frame an object needs to be probed
 
 
 def parse_objectives(names: Iterable[str]) -> tuple[str, ...]:
@@ -235,12 +243,19 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
 @dataclass
 class ProbeData:
     """Held-out diagnostics inputs: windows (N, T, E, H, W, 3) uint8 with per-frame category
-    (N, T) (-1 = no object) of training clips (to fit the probe) and held-out clips."""
+    (N, T) (-1 = no object) of training clips and held-out clips (eta, rank, next-frame error),
+    and object crops (M, E, h, w, 3) uint8 with their categories (M,) of training clips (to fit
+    the linear probe) and held-out clips (to score it). Without crops the probe falls back to
+    whole frames labelled by their dominant object."""
 
     train_rgb: Tensor
     train_cat: Tensor
     heldout_rgb: Tensor
     heldout_cat: Tensor
+    train_crops: Tensor | None = None
+    train_crop_cat: Tensor | None = None
+    heldout_crops: Tensor | None = None
+    heldout_crop_cat: Tensor | None = None
 
 
 # --------------------------------------------------------------------------- trainer
@@ -428,20 +443,38 @@ class Trainer:
         pred, _ = self.model.prednet(x)
         return next_frame_errors(pred, x)
 
+    def _embed_rgb(self, rgb: Tensor) -> Tensor:
+        """uint8 windows (N, T, E, H, W, 3) -> fused embeddings (N, T, D) on the CPU."""
+        return torch.cat([self.model.embed(f)[1] for f in self._frames_chunks(rgb)]).float().cpu()
+
     def _probe(self, held_fused: Tensor) -> dict[str, float]:
-        assert self.probe is not None
-        train = (
-            torch.cat([self.model.embed(f)[1] for f in self._frames_chunks(self.probe.train_rgb)])
-            .float()
-            .cpu()
-        )
-        tx, ty = train.flatten(0, 1), self.probe.train_cat.flatten()
-        hx, hy = held_fused.flatten(0, 1), self.probe.heldout_cat.flatten()
+        """Linear probe of object category, fitted on training clips, scored on held-out ones:
+        on object crops when the probe data has them, else on whole frames."""
+        p = self.probe
+        assert p is not None
+        if p.train_crops is not None and p.heldout_crops is not None:
+            # A crop is a one-frame window: (M, E, h, w, 3) -> (M, 1, E, h, w, 3).
+            tx = self._embed_rgb(p.train_crops.unsqueeze(1)).flatten(0, 1)
+            hx = self._embed_rgb(p.heldout_crops.unsqueeze(1)).flatten(0, 1)
+            ty, hy = p.train_crop_cat, p.heldout_crop_cat
+        else:
+            tx, ty = self._embed_rgb(p.train_rgb).flatten(0, 1), p.train_cat.flatten()
+            hx, hy = held_fused.flatten(0, 1), p.heldout_cat.flatten()
+        assert ty is not None and hy is not None
         tk, hk = ty >= 0, hy >= 0
         if tk.sum() < 2 or hk.sum() < 1 or len(torch.unique(ty[tk])) < 2:
             return {}
         res = linear_probe(tx[tk], ty[tk], hx[hk], hy[hk])
-        return {"probe/accuracy": res["accuracy"], "probe/majority": res["majority"]}
+        n = int(hk.sum())
+        low, high = wilson_interval(round(res["accuracy"] * n), n)
+        return {
+            "probe/accuracy": res["accuracy"],
+            "probe/majority": res["majority"],
+            "probe/n_heldout": float(n),
+            "probe/n_train": float(tk.sum()),
+            "probe/ci95_low": low,
+            "probe/ci95_high": high,
+        }
 
     # ------------------------------------------------------------------ logging
     def _log(self, scalars: dict[str, float]) -> None:
@@ -523,27 +556,54 @@ class Trainer:
 
 # --------------------------------------------------------------------------- CLI glue
 def probe_from_store(
-    path: str | Path, train_ids: list[str], held_ids: list[str], window: int, limit: int
+    path: str | Path,
+    train_ids: list[str],
+    held_ids: list[str],
+    window: int,
+    limit: int,
+    size: tuple[int, int] | None = None,
+    max_crops: int = 2000,
 ) -> ProbeData | None:
-    """Probe windows (non-overlapping, in order) of training and held-out clips, labelled by
-    each frame's dominant object category. None when there is no held-out clip."""
+    """Diagnostics data of the training and held-out clips: up to `limit` non-overlapping
+    windows per split, spread evenly over its clips and labelled by each frame's dominant
+    object; and object crops (`diagnostics.object_crops`, resized to `size` (w, h), the
+    store's frame size when None) of every frame of the split's clips, at most `max_crops`
+    per split (evenly spaced). None when there is no held-out clip."""
     from egosynth.train.data import CategoryTable, StoreWindows, batch_categories, open_store
+    from egosynth.train.diagnostics import object_crops
 
     if not held_ids or not train_ids:
         return None
     table = CategoryTable.from_store(open_store(path))
 
-    def collect(ids: list[str]) -> tuple[Tensor, Tensor]:
+    def collect(ids: list[str]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         src = StoreWindows(path, ids, window, window, 1, shuffle=False, drop_last=False)
-        rgb, cat = [], []
-        for batch in list(src)[:limit]:
-            rgb.append(batch["rgb"])
-            cat.append(batch_categories(batch, table))
-        return torch.cat(rgb), torch.cat(cat)
+        batches = list(src)
+        # Evenly spaced windows: the first `limit` in order would all come from one clip.
+        keep = np.unique(np.linspace(0, len(batches) - 1, min(limit, len(batches))).round())
+        rgb = torch.cat([batches[int(i)]["rgb"] for i in keep])
+        cat = torch.cat([batch_categories(batches[int(i)], table) for i in keep])
+        crops, labels = [], []
+        for cid in ids:
+            first = src.rgb[cid]
+            wh = size or (first.shape[-2], first.shape[-3])
+            ids_to_cat = table.by_scene.get(src.scene[cid], {})
+            # 30 pixels of a 128x96 frame: an object big enough to recognise, at any size.
+            least = max(2, round(MIN_OBJECT_FRACTION * first.shape[-3] * first.shape[-2]))
+            c, y = object_crops(first, src.instance[cid], ids_to_cat, wh, min_pixels=least)
+            crops.append(c)
+            labels.append(y)
+        all_crops, all_labels = np.concatenate(crops), np.concatenate(labels)
+        if len(all_labels) > max_crops:
+            pick = np.linspace(0, len(all_labels) - 1, max_crops).round().astype(int)
+            all_crops, all_labels = all_crops[pick], all_labels[pick]
+        return rgb, cat, torch.from_numpy(all_crops), torch.from_numpy(all_labels)
 
-    tr, tc = collect(train_ids)
-    hr, hc = collect(held_ids)
-    return ProbeData(tr, tc, hr, hc)
+    tr, tc, tcr, tcy = collect(train_ids)
+    hr, hc, hcr, hcy = collect(held_ids)
+    if len(hcy) == 0 or len(torch.unique(tcy)) < 2:  # too few objects: whole-frame probe
+        return ProbeData(tr, tc, hr, hc)
+    return ProbeData(tr, tc, hr, hc, tcr, tcy, hcr, hcy)
 
 
 def config_from_args(args: Any) -> TrainConfig:
@@ -653,7 +713,9 @@ def run_from_args(args: Any) -> dict[str, Any]:
     data = store_loader(args, train_ids, device)
     probe = None
     if cfg.diag_every:
-        probe = probe_from_store(args.store, train_ids, held_ids, args.window, args.probe_windows)
+        probe = probe_from_store(
+            args.store, train_ids, held_ids, args.window, args.probe_windows, size=cfg.size
+        )
     trainer = Trainer(cfg, data, out=args.out, probe=probe)
     trainer.fit(resume=args.resume)
     summary = summarise(trainer)
