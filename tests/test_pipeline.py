@@ -113,3 +113,22 @@ def test_parallel_failure_stops_and_names_the_log(tmp_path: Path) -> None:
     with pytest.raises(EgosynthError, match=r"stage 'a'.*log: .*a\.log"):
         run_pipeline(p, jobs=2, log=lambda *_: None)
     assert not (tmp_path / "work" / "a.npz").exists()
+
+
+PIPELINES = sorted((Path(__file__).parent.parent / "pipelines").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name)
+def test_shipped_pipelines_validate_and_resolve(path: Path) -> None:
+    """Every shipped pipeline parses, has no cycles, and substitutes every variable."""
+    from egosynth.pipeline import load_pipeline, pipeline_env, plan_pipeline
+
+    pipe = load_pipeline(path)
+    planned = plan_pipeline(pipe, path, pipeline_env(pipe, path))
+    assert [p.name for p in planned] and all("{" not in a for p in planned for a in p.args)
+    from egosynth.config import REPO_ROOT, load_scene_set
+
+    for p in planned:  # scene sets a pipeline names exist and load
+        for a in p.args:
+            if a.startswith("scene_configs/"):
+                load_scene_set(REPO_ROOT / a)
