@@ -18,7 +18,7 @@ import numpy as np
 
 from egosynth.camera import intrinsics_from_fov
 from egosynth.config import SceneSetConfig
-from egosynth.plan import ClipPlan, clip_trajectory
+from egosynth.plan import ClipPlan, clip_trajectory, plan_clips
 from egosynth.render.base import Label, Renderer
 
 
@@ -130,3 +130,26 @@ def render_clip(
     writer.complete({"labels": labels_json(renderer.labels())})
     write_s += time.perf_counter() - t0
     return ClipStats(plan.clip_id, len(traj), render_s, write_s, time.perf_counter() - t_start)
+
+
+def render_set(
+    sset: SceneSetConfig,
+    store_path: str | Path,
+    clips_per_scene: int | None = None,
+    chunk_frames: int | None = None,
+) -> Path:
+    """Render every clip of a scene set in this process, no Ray: a new, finalized store.
+
+    What every distributed render must equal byte for byte; also the quickest way to make a
+    small store in tests and benchmarks.
+    """
+    from egosynth.render import open_renderer
+    from egosynth.store import finalize_store, prepare_store
+
+    prepare_store(store_path, config_fingerprint(sset), store_attrs(sset))
+    renderers = {s.name: open_renderer(s) for s in sset.scene_configs}
+    plans = plan_clips(sset, clips_per_scene)
+    for p in plans:
+        render_clip(sset, p, store_path, renderers[p.scene], chunk_frames)
+    finalize_store(store_path, [p.clip_id for p in plans])
+    return Path(store_path)

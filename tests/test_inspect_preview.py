@@ -12,24 +12,15 @@ from _fake_renderer import tiny_set
 from egosynth.cli import main
 from egosynth.commands.preview import depth_colours, instance_colours, preview_frames
 from egosynth.config import load_scene_set
-from egosynth.plan import plan_clips
-from egosynth.render import open_renderer
-from egosynth.render_clip import config_fingerprint, render_clip, store_attrs
-from egosynth.store import ClipStore, ClipWriter, finalize_store, prepare_store
+from egosynth.render_clip import render_set
+from egosynth.store import ClipStore, ClipWriter
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("ip")
     sset = load_scene_set(tiny_set(folder))
-    path = folder / "s.zarr"
-    prepare_store(path, config_fingerprint(sset), store_attrs(sset))
-    renderers = {s.name: open_renderer(s) for s in sset.scene_configs}
-    plans = plan_clips(sset)
-    for p in plans:
-        render_clip(sset, p, path, renderers[p.scene])
-    finalize_store(path, [p.clip_id for p in plans])
-    return path
+    return render_set(sset, folder / "s.zarr")
 
 
 def _copy(store: Path, dst: Path) -> Path:

@@ -23,9 +23,8 @@ from egosynth.cli import main
 from egosynth.config import load_scene_set
 from egosynth.errors import EgosynthError
 from egosynth.plan import plan_clips
-from egosynth.render import open_renderer
-from egosynth.render_clip import config_fingerprint, render_clip, store_attrs
-from egosynth.store import ClipStore, finalize_store, prepare_store
+from egosynth.render_clip import render_set
+from egosynth.store import ClipStore
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
@@ -49,13 +48,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 def _reference(sset, path: Path, clips: int | None = None, chunk_frames: int | None = None):
     """The same clips rendered single-process, no Ray: what every distributed run must equal."""
-    prepare_store(path, config_fingerprint(sset), store_attrs(sset))
-    renderers = {s.name: open_renderer(s) for s in sset.scene_configs}
-    plans = plan_clips(sset, clips)
-    for p in plans:
-        render_clip(sset, p, path, renderers[p.scene], chunk_frames)
-    finalize_store(path, [p.clip_id for p in plans])
-    return path
+    return render_set(sset, path, clips, chunk_frames)
 
 
 def _assert_same_clips(a: Path, b: Path) -> None:
