@@ -422,8 +422,11 @@ class Trainer:
                 out.update(self._probe(fused))
             if self.model.prednet is not None:
                 errs = [self._pixel_errors(f) for f in held]
-                mse_p = sum(e["mse_pred"] for e in errs) / len(errs)
-                mse_c = sum(e["mse_copy"] for e in errs) / len(errs)
+                # Chunks differ in size (the last one is short): weight by windows.
+                sizes = [len(f) for f in held]
+                mse_p = sum(e["mse_pred"] * n for e, n in zip(errs, sizes, strict=True))
+                mse_c = sum(e["mse_copy"] * n for e, n in zip(errs, sizes, strict=True))
+                mse_p, mse_c = mse_p / sum(sizes), mse_c / sum(sizes)
                 out["diag/next_frame_mse"] = mse_p
                 out["diag/copy_last_mse"] = mse_c
                 out["diag/copy_over_pred"] = mse_c / max(mse_p, 1e-12)
