@@ -321,3 +321,20 @@ def test_crop_probe_reads_category_and_reports_interval() -> None:
     bad = probe_with(shuffled)
     assert bad["probe/accuracy"] < 0.7
     assert bad["probe/ci95_low"] <= bad["probe/accuracy"] <= bad["probe/ci95_high"]
+
+
+def test_next_frame_diagnostic_weights_every_window_equally() -> None:
+    """20 held-out windows are embedded in chunks of 16 and 4: the copy-last MSE must be the
+    plain mean over all windows, not the mean of the two chunk means."""
+    from egosynth.train.loop import ProbeData
+
+    g = torch.Generator().manual_seed(0)
+    rgb = torch.randint(0, 256, (20, 3, 2, 12, 16, 3), generator=g, dtype=torch.uint8)
+    rgb[16:] = 0  # the short last chunk is static: copy error 0 there
+    cat = torch.full((20, 3), -1)
+    cfg = tiny_cfg(objectives=("pixel",), diag_every=1)
+    diag = Trainer(cfg, [], probe=ProbeData(rgb, cat, rgb, cat)).diagnostics()
+    x = frames_from_batch(rgb, cfg.size, torch.device("cpu"))[:, :, 0]  # each eye is a sequence
+    x = torch.cat([x, frames_from_batch(rgb, cfg.size, torch.device("cpu"))[:, :, 1]])
+    expected = float((x[:, 1:] - x[:, :-1]).pow(2).mean())
+    assert diag["diag/copy_last_mse"] == pytest.approx(expected, rel=1e-5)
