@@ -24,10 +24,7 @@ def render_default(folder: Path, width: int, height: int) -> Path:
     import yaml
 
     from egosynth.config import DEFAULT_SCENE_SET, load_scene_set
-    from egosynth.plan import plan_clips
-    from egosynth.render import open_renderer
-    from egosynth.render_clip import config_fingerprint, render_clip, store_attrs
-    from egosynth.store import finalize_store, prepare_store
+    from egosynth.render_clip import render_set
 
     data = yaml.safe_load(Path(DEFAULT_SCENE_SET).read_text())
     base = Path(DEFAULT_SCENE_SET).parent
@@ -38,15 +35,7 @@ def render_default(folder: Path, width: int, height: int) -> Path:
     cfg.write_text(yaml.safe_dump(data))
     sset = load_scene_set(cfg)
     path = folder / "bench.zarr"
-    prepare_store(path, config_fingerprint(sset), store_attrs(sset))
-    renderers: dict = {}
-    plans = plan_clips(sset)
-    for plan in plans:
-        if plan.scene not in renderers:
-            renderers[plan.scene] = open_renderer(sset.scene_configs[plan.scene_index])
-        render_clip(sset, plan, path, renderers[plan.scene])
-    finalize_store(path, [p.clip_id for p in plans])
-    return path
+    return render_set(sset, path)
 
 
 def run(store: str, workers: int, steps: int, size: tuple[int, int]) -> dict[str, float]:

@@ -46,23 +46,12 @@ def one_thread():
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 scenes x 2 clips x 24 frames at 32x24, rendered by the mesh backend."""
     from egosynth.config import load_scene_set
-    from egosynth.plan import plan_clips
-    from egosynth.render import open_renderer
-    from egosynth.render_clip import config_fingerprint, render_clip, store_attrs
-    from egosynth.store import finalize_store, prepare_store
+    from egosynth.render_clip import render_set
 
     folder = tmp_path_factory.mktemp("trainstore")
     sset = load_scene_set(tiny_set(folder, resolution=[32, 24], clip_seconds=2.4))
     path = folder / "tiny.zarr"
-    prepare_store(path, config_fingerprint(sset), store_attrs(sset))
-    renderers: dict = {}
-    plans = plan_clips(sset)
-    for plan in plans:
-        if plan.scene not in renderers:
-            renderers[plan.scene] = open_renderer(sset.scene_configs[plan.scene_index])
-        render_clip(sset, plan, path, renderers[plan.scene])
-    finalize_store(path, [p.clip_id for p in plans])
-    return path
+    return render_set(sset, path)
 
 
 def tiny_cfg(**kw) -> TrainConfig:
