@@ -30,8 +30,6 @@ from egosynth.train.loop import (
     store_loader,
 )
 
-DEFAULT_STORE = Path("outputs/demo.zarr")
-
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -109,11 +107,15 @@ def test_tiny_run_cli(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     assert any((out / "tb").iterdir())  # TensorBoard event file
 
 
-@pytest.mark.skipif(not DEFAULT_STORE.exists(), reason="no default store (egosynth render)")
 def test_tiny_run_on_default_store(tmp_path: Path) -> None:
+    """The embedded default store exactly as `egosynth render` makes it (rendered in-process)."""
+    from egosynth.config import DEFAULT_SCENE_SET, load_scene_set
+    from egosynth.render_clip import render_set
+
+    default_store = render_set(load_scene_set(DEFAULT_SCENE_SET), tmp_path / "demo.zarr")
     rc = main(
         [
-            "train", str(DEFAULT_STORE), "--out", str(tmp_path / "run"), "--steps", "2",
+            "train", str(default_store), "--out", str(tmp_path / "run"), "--steps", "2",
             "--size", "32x24", "--width", "4", "--layers", "1,1", "--embed-dim", "8",
             "--batch-size", "4", "--diag-every", "0", "--threads", "1", "--no-progress",
             "--no-tensorboard",
