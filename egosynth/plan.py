@@ -7,6 +7,7 @@ seed, the scene's name and the clip's index, so adding a scene never changes ano
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,3 +52,25 @@ def clip_trajectory(sset: SceneSetConfig, plan: ClipPlan) -> Trajectory:
     """The trajectory of one planned clip."""
     scene: SceneConfig = sset.scene_configs[plan.scene_index]
     return generate_trajectory(scene, sset.rig, sset.motion, plan.n_frames, plan.fps, plan.seed)
+
+
+def split_clips(clip_ids: Sequence[str], scenes: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(train, held out): the last clip (sorted id) of every scene with two or more clips is
+    held out; the rest train. The ONE split rule shared by the trainer's diagnostics and the
+    synthetic twin, so encoders are never scored on clips they trained on.
+
+    Held-out clips come from scenes also seen in training, so probes test generalisation to
+    new trajectories through known rooms.
+    """
+    by_scene: dict[str, list[str]] = {}
+    for cid, scene in zip(clip_ids, scenes, strict=True):
+        by_scene.setdefault(scene, []).append(cid)
+    train, held = [], []
+    for ids in by_scene.values():
+        ids = sorted(ids)
+        if len(ids) >= 2:
+            train += ids[:-1]
+            held.append(ids[-1])
+        else:
+            train += ids
+    return sorted(train), sorted(held)

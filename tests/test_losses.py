@@ -35,14 +35,7 @@ from egosynth.train.losses import (
 )
 from egosynth.train.predictive import LatentPredictor, PredNet
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is far faster than two on a shared, loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def standardised(b: int, d: int, seed: int, scale: float = 1.0) -> torch.Tensor:

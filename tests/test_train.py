@@ -30,14 +30,7 @@ from egosynth.train.loop import (
     store_loader,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions: one thread is far faster than two on a shared, loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

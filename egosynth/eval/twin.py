@@ -15,7 +15,7 @@ measured shortcut statistics) and `samples.json` (where every sample came from).
 reader (`egosynth.eval.clickme`) reads either split unchanged, so the same evaluator runs on
 ClickMe and on the twin.
 
-The split follows the trainer's (egosynth.train.data.split_clips): the last clip of every
+The split follows the trainer's (egosynth.plan.split_clips): the last clip of every
 scene with two or more clips is the test split, so the twin's test images come from clips
 the encoders never trained on.
 
@@ -46,6 +46,7 @@ from numpy.typing import NDArray
 from egosynth.errors import EgosynthError
 from egosynth.eval.clickme import ClickMeSample, write_clickme_npz, write_clickme_tfrecord
 from egosynth.eval.metrics import tf_resize_bilinear
+from egosynth.plan import split_clips
 
 TWIN_FORMAT = "egosynth-clickme-twin"
 TWIN_VERSION = 1
@@ -110,25 +111,6 @@ class TwinConfig:
 
 
 # --------------------------------------------------------------------------- pure helpers
-def split_clips(clip_ids: Sequence[str], scenes: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(train, test): the last clip (sorted id) of every scene with >= 2 clips is held out.
-
-    The same rule as egosynth.train.data.split_clips (kept here without its torch import).
-    """
-    by_scene: dict[str, list[str]] = {}
-    for cid, scene in zip(clip_ids, scenes, strict=True):
-        by_scene.setdefault(scene, []).append(cid)
-    train, test = [], []
-    for ids in by_scene.values():
-        ids = sorted(ids)
-        if len(ids) >= 2:
-            train += ids[:-1]
-            test.append(ids[-1])
-        else:
-            train += ids
-    return sorted(train), sorted(test)
-
-
 def gaussian_blur_2d(image: NDArray, sigma: float) -> NDArray[np.float64]:
     """Separable Gaussian blur (truncated at 3 sigma, zero padding) of an (H, W) map."""
     image = np.asarray(image, dtype=np.float64)

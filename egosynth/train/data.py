@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from egosynth.errors import EgosynthError
+from egosynth.plan import split_clips  # noqa: F401  (re-exported: the trainer's split)
 
 
 def open_store(path: str | Path):
@@ -30,26 +31,6 @@ def open_store(path: str | Path):
     if not Path(path).exists() and "://" not in str(path):
         raise EgosynthError(f"{path}: store not found (make one with `egosynth render`)")
     return ClipStore(path)
-
-
-def split_clips(clip_ids: Sequence[str], scenes: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Hold out the last clip of every scene that has two or more (the rest train).
-
-    Held-out clips come from scenes also seen in training, so the probe tests generalisation
-    to new trajectories through known rooms.
-    """
-    by_scene: dict[str, list[str]] = {}
-    for cid, scene in zip(clip_ids, scenes, strict=True):
-        by_scene.setdefault(scene, []).append(cid)
-    train, held = [], []
-    for ids in by_scene.values():
-        ids = sorted(ids)
-        if len(ids) >= 2:
-            train += ids[:-1]
-            held.append(ids[-1])
-        else:
-            train += ids
-    return sorted(train), sorted(held)
 
 
 @dataclass
