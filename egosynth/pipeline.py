@@ -147,7 +147,7 @@ def plan_pipeline(pipe: Pipeline, path: Path, env: dict[str, str]) -> list[_Plan
             "command": st.command,
             "args": args,
             "needs": {d: fingerprints[d] for d in st.needs},
-            "files": {a: _file_digest(a) for a in args if _file_digest(a)},
+            "files": {a: d for a in args if (d := _file_digest(a))},
         }
         fp = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
         fingerprints[name] = fp

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from egosynth.commands.pipeline import add_jobs_option
+from egosynth.commands.pipeline import add_run_options
 from egosynth.config import REPO_ROOT
 
 DEMO_PIPELINE = REPO_ROOT / "pipelines" / "demo.yaml"
@@ -20,10 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "without a background shortcut (pipelines/demo.yaml; finished stages are cached). "
         "Ends with a summary table and the paths of the pictures it wrote.",
     )
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a pipeline variable, e.g. --set steps=20")
-    p.add_argument("--force", action="store_true", help="rerun every stage")
-    add_jobs_option(p)
+    add_run_options(p)
     p.set_defaults(func=run)
 
 

@@ -16,16 +16,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     ps = p.add_subparsers(dest="action", metavar="<action>", required=True)
     r = ps.add_parser("run", help="run a pipeline")
     r.add_argument("file", type=Path)
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a pipeline variable (repeatable)")
-    r.add_argument("--force", action="store_true", help="rerun every stage")
-    add_jobs_option(r)
+    add_run_options(r)
     r.set_defaults(func=run)
 
 
-def add_jobs_option(p: argparse.ArgumentParser) -> None:
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """--set, --force and --jobs: shared by `pipeline run` and `demo`."""
     import os
 
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a pipeline variable (repeatable), e.g. --set steps=20")
+    p.add_argument("--force", action="store_true", help="rerun every stage")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                    help="stages to run at once (default: CPU count); with more than 1, each "
                    "stage's output goes to <workdir>/logs/<stage>.log")
