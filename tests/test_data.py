@@ -260,9 +260,19 @@ def check_batch(batch: dict, spec: WindowSpec, eyes: tuple[int, ...], clip_no: d
     batch_size=st.integers(1, 5),
     cache_bytes=st.sampled_from([0, 2000, 1 << 20]),
     seed=st.integers(0, 1000),
+    decode_threads=st.sampled_from([1, 3]),
 )
 def test_windows_read_back_exactly(
-    store: Path, store2: Path, length, stride, skip, eyes, batch_size, cache_bytes, seed
+    store: Path,
+    store2: Path,
+    length,
+    stride,
+    skip,
+    eyes,
+    batch_size,
+    cache_bytes,
+    seed,
+    decode_threads,
 ) -> None:
     spec = WindowSpec(length, stride, skip)
     loader = WindowLoader(
@@ -275,6 +285,7 @@ def test_windows_read_back_exactly(
         seed=seed,
         cache_bytes=cache_bytes,
         block=2,
+        decode_threads=decode_threads,
     )
     clip_no = {(0, f"c{i:05d}"): i for i in range(len(LENGTHS))}
     clip_no.update({(1, f"c{i:05d}"): i for i in range(2)})
@@ -354,6 +365,8 @@ def test_bad_arguments_are_one_line_errors(store: Path, tmp_path: Path) -> None:
         WindowLoader(tmp_path / "missing.zarr")
     with pytest.raises(EgosynthError, match="no complete clip"):
         WindowLoader(store, length=20)
+    with pytest.raises(EgosynthError, match="decode_threads = 0"):
+        WindowLoader(store, decode_threads=0)
 
 
 def test_incomplete_clips_are_not_indexed(tmp_path: Path) -> None:

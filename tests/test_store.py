@@ -346,9 +346,18 @@ def test_direct_read_detects_corruption(sset, tmp_path: Path, how: str, why: str
     with pytest.raises(EgosynthError, match=why):
         clip.read_into("rgb", 4, np.empty((4, 2, 24, 32, 3), np.uint8))
     clip.read(0, 4, ["rgb"])  # the other chunks still read
-    loader = WindowLoader(path, length=4, stride=4, batch_size=3, shuffle=False, fields=["rgb"])
-    with pytest.raises(EgosynthError, match=rf"c\.zarr: clip {cid}/rgb frames 4:8: corrupt"):
-        list(loader)
+    for threads in (1, 2):  # in order, and on the decode threads
+        loader = WindowLoader(
+            path,
+            length=4,
+            stride=4,
+            batch_size=3,
+            shuffle=False,
+            fields=["rgb"],
+            decode_threads=threads,
+        )
+        with pytest.raises(EgosynthError, match=rf"c\.zarr: clip {cid}/rgb frames 4:8: corrupt"):
+            list(loader)
 
 
 def test_read_into_refuses_a_wrong_buffer(store: Path) -> None:

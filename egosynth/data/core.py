@@ -37,8 +37,10 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,7 @@ ALL_FIELDS = (*FRAME_FIELDS, *CLIP_FIELDS)
 DEFAULT_FIELDS = ("rgb", "depth", "cam_to_world", "intrinsics", "time")
 ID_FIELDS = ("window", "clip", "source", "start")
 DEFAULT_CACHE_BYTES = 256 << 20
+MAX_AUTO_THREADS = 4  # decode threads per reader when not set (chunks of one batch)
 STATE_VERSION = 1
 
 
@@ -325,8 +328,16 @@ class WindowReader:
         fields: Sequence[str] = DEFAULT_FIELDS,
         eyes: Sequence[int] = (0, 1),
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        decode_threads: int | None = None,
     ) -> None:
         self.sources = tuple(str(s) for s in sources)
+        bad = not isinstance(decode_threads, int) or decode_threads < 1
+        if decode_threads is not None and bad:
+            raise EgosynthError(
+                f"loader: decode_threads = {decode_threads!r}: must be an integer >= 1 or None"
+            )
+        self.decode_threads = decode_threads
+        self._pool: ThreadPoolExecutor | None = None
         self.fields = check_fields(fields)
         self.eyes = tuple(int(e) for e in eyes)
         self._eye = _eye_slice(self.eyes)
@@ -338,7 +349,7 @@ class WindowReader:
     def __getstate__(self) -> dict[str, Any]:
         # Open handles and cached chunks stay in the process that made them.
         state = self.__dict__.copy()
-        state.update(_stores={}, _clips={})  # the cache pickles empty
+        state.update(_stores={}, _clips={}, _pool=None)  # the cache pickles empty
         return state
 
     def refresh(self) -> None:
@@ -404,18 +415,63 @@ class WindowReader:
             self.cache.put(key, arr)
         return arr
 
-    def _chunks(
-        self, info: ClipInfo, h: _ClipHandle, name: str, wanted: Sequence[int]
-    ) -> dict[int, NDArray]:
-        """Decoded chunks `wanted` of an image array; misses are read in contiguous runs."""
-        got: dict[int, NDArray] = {}
+    def _plan_image(
+        self,
+        jobs: list[Callable[[], None]],
+        info: ClipInfo,
+        h: _ClipHandle,
+        name: str,
+        rows: list[int],
+        starts: list[int],
+        spec: WindowSpec,
+        dst: NDArray,
+    ) -> Callable[[], None]:
+        """Queue the decodes one clip's windows need (into `jobs`); return the copy step.
+
+        Windows that never overlap (stride >= span) and are whole chunks own those chunks:
+        no other window reads them, so they decode straight into the batch (no cache, no
+        copy). Every other window reads decoded chunks through the cache; missing chunks are
+        decoded by the jobs, then the returned step copies each window's frames into `dst`.
+        """
+        cf, t = self._chunk_frames(h, name), spec.length
+        own = spec.stride >= spec.span and spec.skip == 1 and self._eye == slice(0, 2)
+        direct = [own and s % cf == 0 and (t % cf == 0 or s + t == info.n_frames) for s in starts]
+        for row, s, d in zip(rows, starts, direct, strict=True):
+            if d:
+                jobs.append(partial(self._read_into, info, h, name, s, dst[row]))
+        cached = np.array([s for s, d in zip(starts, direct, strict=True) if not d], np.int64)
+        frames = cached[:, None] + np.arange(t) * spec.skip  # one array op for all windows
+        chunks: dict[int, NDArray] = {}
         missing = []
-        for c in wanted:
+        for c in np.unique(frames // cf).tolist():
             arr = self.cache.get((info.source, info.clip_id, name, c))
             if arr is None:
                 missing.append(c)
             else:
-                got[c] = arr
+                chunks[c] = arr
+        jobs.extend(self._decode_jobs(info, h, name, missing, chunks))
+
+        def copy() -> None:
+            for row, s, d in zip(rows, starts, direct, strict=True):
+                if d:
+                    continue
+                k = 0
+                while k < t:  # frames of one chunk form one strided slice: one copy each
+                    f = s + k * spec.skip
+                    c, local = divmod(f, cf)
+                    n = min(t - k, (cf - 1 - local) // spec.skip + 1)
+                    sl = slice(local, local + (n - 1) * spec.skip + 1, spec.skip)
+                    dst[row, k : k + n] = chunks[c][sl, self._eye]
+                    k += n
+            for c in missing:
+                self.cache.put((info.source, info.clip_id, name, c), chunks[c])
+
+        return copy
+
+    def _decode_jobs(
+        self, info: ClipInfo, h: _ClipHandle, name: str, missing: list[int], got: dict
+    ) -> list[Callable[[], None]]:
+        """Jobs that decode chunks `missing` of an image array into `got` (chunk -> array)."""
         cf = self._chunk_frames(h, name)
         # A local store's direct reads cost little per call: one chunk each, into a buffer of
         # its own (eviction frees it whole; under 4 MiB, so numpy does not ask for huge pages,
@@ -424,24 +480,46 @@ class WindowReader:
         # the chunks of one call concurrently.
         if h.clip.folder is not None:
             shape, dtype = h.clip.layout(name)
+            jobs = []
             for c in missing:
                 lo, hi = c * cf, min((c + 1) * cf, info.n_frames)
-                chunk = np.empty((hi - lo, *shape[1:]), dtype)
-                self._read_into(info, h, name, lo, chunk)
-                got[c] = chunk
-                self.cache.put((info.source, info.clip_id, name, c), chunk)
-            return got
-        run_start = 0
+                got[c] = np.empty((hi - lo, *shape[1:]), dtype)
+                jobs.append(partial(self._read_into, info, h, name, lo, got[c]))
+            return jobs
+
+        def read_run(lo: int, hi: int) -> None:
+            data = self._read(info, h, name, slice(lo * cf, min(hi * cf, info.n_frames)))
+            for c in range(lo, hi):
+                got[c] = data[(c - lo) * cf : (c - lo + 1) * cf]
+
+        jobs, run_start = [], 0
         for i in range(1, len(missing) + 1):
             if i == len(missing) or missing[i] != missing[i - 1] + 1:
-                lo, hi = missing[run_start], missing[i - 1] + 1
-                data = self._read(info, h, name, slice(lo * cf, min(hi * cf, info.n_frames)))
-                for c in range(lo, hi):
-                    chunk = data[(c - lo) * cf : (c - lo + 1) * cf]
-                    got[c] = chunk
-                    self.cache.put((info.source, info.clip_id, name, c), chunk)
+                jobs.append(partial(read_run, missing[run_start], missing[i - 1] + 1))
                 run_start = i
-        return got
+        return jobs
+
+    def _run(self, jobs: list[Callable[[], None]]) -> None:
+        """Run decode jobs, on the decode threads when there are several of each.
+
+        File reads and Blosc decompression release the GIL, so chunks of one batch decode
+        in parallel; the first failing job's error is raised (same as running them in order).
+        """
+        threads = self.threads()
+        if threads <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                job()
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="egosynth-decode")
+        for _ in self._pool.map(lambda job: job(), jobs):
+            pass
+
+    def threads(self) -> int:
+        """Decode threads this reader uses (`decode_threads`, or the CPUs it may run on)."""
+        if self.decode_threads is not None:
+            return self.decode_threads
+        return min(MAX_AUTO_THREADS, len(os.sched_getaffinity(0)))
 
     def read_batch(
         self, windows: Sequence[tuple[ClipInfo, int]], spec: WindowSpec
@@ -454,56 +532,27 @@ class WindowReader:
         by_clip: dict[tuple[int, str], list[int]] = {}
         for i, (info, _) in enumerate(windows):
             by_clip.setdefault((info.source, info.clip_id), []).append(i)
+        jobs: list[Callable[[], None]] = []  # decodes of the whole batch, run together
+        copies: list[Callable[[], None]] = []
         for rows in by_clip.values():
             info = windows[rows[0]][0]
             h = self._handle(info)
             starts = [windows[i][1] for i in rows]
             for name in self.fields:
                 if name in IMAGE_FIELDS:
-                    self._fill_image(out, name, info, h, rows, starts, spec, b)
+                    if name not in out:
+                        shape, dtype = h.clip.layout(name)
+                        out[name] = np.empty((b, t, e, *shape[2:]), dtype=dtype)
+                    plan = self._plan_image(jobs, info, h, name, rows, starts, spec, out[name])
+                    copies.append(plan)
                 else:
                     self._fill_small(out, name, info, h, rows, starts, offsets, b, e)
+        self._run(jobs)
+        for copy in copies:
+            copy()
         if "rgb" in out:  # (B, T, E, H, W, 3) in memory -> (B, T, E, 3, H, W) view, no copy
             out["rgb"] = out["rgb"].transpose(0, 1, 2, 5, 3, 4)
         return out
-
-    def _fill_image(
-        self,
-        out: dict[str, NDArray],
-        name: str,
-        info: ClipInfo,
-        h: _ClipHandle,
-        rows: list[int],
-        starts: list[int],
-        spec: WindowSpec,
-        b: int,
-    ) -> None:
-        cf, t = self._chunk_frames(h, name), spec.length
-        # Windows that never overlap (stride >= span) and are whole chunks own those chunks:
-        # no other window reads them, so they decode straight into the batch (no cache, no
-        # copy). Every other window goes through the cache.
-        own = spec.stride >= spec.span and spec.skip == 1 and self._eye == slice(0, 2)
-        direct = [own and s % cf == 0 and (t % cf == 0 or s + t == info.n_frames) for s in starts]
-        cached = np.array([s for s, d in zip(starts, direct, strict=True) if not d], np.int64)
-        frames = cached[:, None] + np.arange(t) * spec.skip  # one array op for all windows
-        wanted = np.unique(frames // cf).tolist()
-        chunks = self._chunks(info, h, name, wanted)
-        if name not in out:
-            shape, dtype = h.clip.layout(name)
-            out[name] = np.empty((b, t, len(self.eyes), *shape[2:]), dtype=dtype)
-        dst = out[name]
-        for row, s, d in zip(rows, starts, direct, strict=True):
-            if d:
-                self._read_into(info, h, name, s, dst[row])
-                continue
-            k = 0
-            while k < t:  # frames of one chunk form one strided slice: one copy each
-                f = s + k * spec.skip
-                c, local = divmod(f, cf)
-                n = min(t - k, (cf - 1 - local) // spec.skip + 1)
-                src = chunks[c][local : local + (n - 1) * spec.skip + 1 : spec.skip, self._eye]
-                dst[row, k : k + n] = src
-                k += n
 
     def _fill_small(
         self,
@@ -579,6 +628,7 @@ class WindowLoader:
         rank: int | None = None,
         world_size: int | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        decode_threads: int | None = None,
         live: bool = False,
         poll_s: float = 2.0,
         idle_timeout_s: float | None = 600.0,
@@ -605,7 +655,7 @@ class WindowLoader:
             drop_last,
         )
         self.seed = _check_seed("seed", seed)
-        self.reader = WindowReader(sources, fields, eyes, cache_bytes)
+        self.reader = WindowReader(sources, fields, eyes, cache_bytes, decode_threads)
         self.live, self.poll_s, self.idle_timeout_s = live, poll_s, idle_timeout_s
         if not isinstance(prefetch, int) or prefetch < 0:
             raise EgosynthError(f"loader: prefetch = {prefetch!r}: must be an integer >= 0")

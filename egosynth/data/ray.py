@@ -111,6 +111,7 @@ def read_windows(
     shuffle: bool = True,
     block: int = 1,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
+    decode_threads: int | None = 1,
     rows_per_block: int = 64,
     override_num_blocks: int | None = None,
     **ray_args: Any,
@@ -129,6 +130,8 @@ def read_windows(
         shuffle=shuffle,
         block=block,
         cache_bytes=cache_bytes,
+        # Ray runs one read task per CPU already: one decode thread each by default.
+        decode_threads=decode_threads,
     )
     return ray.data.read_datasource(source, override_num_blocks=override_num_blocks, **ray_args)
 

@@ -80,6 +80,11 @@ class WindowIterableDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        reader = self.loader.reader
+        if info is not None and reader.decode_threads is None:
+            # Worker processes share the CPUs: split the decode threads between them (this
+            # is the worker's own copy of the loader).
+            reader.decode_threads = max(1, reader.threads() // num_workers)
         for batch in self.loader.batches(worker, num_workers):
             yield to_torch(batch)
 
