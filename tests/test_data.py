@@ -524,3 +524,20 @@ def test_prefetch_keeps_order_resume_and_errors(store: Path, tmp_path: Path) -> 
     broken.reader.sources = (str(tmp_path / "gone.zarr"),)  # the store vanished mid-training
     with pytest.raises(EgosynthError, match=r"gone\.zarr"):
         next(iter(broken))
+
+
+def test_cache_keeps_an_epoch_that_fits_and_bypasses_otherwise(store: Path) -> None:
+    kw = dict(length=4, stride=4, batch_size=2, seed=1, fields=("rgb",))  # windows own chunks
+    roomy = WindowLoader(store, cache_bytes=1 << 20, **kw)
+    assert roomy.reader.cache_everything
+    first = [b["rgb"].copy() for b in roomy]
+    misses = roomy.reader.cache.misses
+    assert misses > 0
+    again = [b["rgb"].copy() for b in roomy]  # same epoch again: every chunk from the cache
+    assert roomy.reader.cache.misses == misses
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    tight = WindowLoader(store, cache_bytes=100, **kw)  # cannot hold the epoch: straight in
+    assert not tight.reader.cache_everything
+    got = [b["rgb"].copy() for b in tight]
+    assert len(tight.reader.cache) == 0
+    assert all(np.array_equal(a, b) for a, b in zip(first, got, strict=True))

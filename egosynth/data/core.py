@@ -337,6 +337,9 @@ class WindowReader:
                 f"loader: decode_threads = {decode_threads!r}: must be an integer >= 1 or None"
             )
         self.decode_threads = decode_threads
+        # Set by WindowLoader when every chunk of its clips fits in the cache: then even
+        # windows that own their chunks go through the cache, and later epochs decode nothing.
+        self.cache_everything = False
         self._pool: ThreadPoolExecutor | None = None
         self.fields = check_fields(fields)
         self.eyes = tuple(int(e) for e in eyes)
@@ -429,12 +432,18 @@ class WindowReader:
         """Queue the decodes one clip's windows need (into `jobs`); return the copy step.
 
         Windows that never overlap (stride >= span) and are whole chunks own those chunks:
-        no other window reads them, so they decode straight into the batch (no cache, no
-        copy). Every other window reads decoded chunks through the cache; missing chunks are
-        decoded by the jobs, then the returned step copies each window's frames into `dst`.
+        no other window of the epoch reads them, so unless the cache can keep every chunk
+        until the next epoch they decode straight into the batch (no cache, no copy). Every
+        other window reads decoded chunks through the cache; missing chunks are decoded by
+        the jobs, then the returned step copies each window's frames into `dst`.
         """
         cf, t = self._chunk_frames(h, name), spec.length
-        own = spec.stride >= spec.span and spec.skip == 1 and self._eye == slice(0, 2)
+        own = (
+            not self.cache_everything
+            and spec.stride >= spec.span
+            and spec.skip == 1
+            and self._eye == slice(0, 2)
+        )
         direct = [own and s % cf == 0 and (t % cf == 0 or s + t == info.n_frames) for s in starts]
         for row, s, d in zip(rows, starts, direct, strict=True):
             if d:
@@ -500,18 +509,19 @@ class WindowReader:
         return jobs
 
     def _run(self, jobs: list[Callable[[], None]]) -> None:
-        """Run decode jobs, on the decode threads when there are several of each.
+        """Run a batch's decode jobs on the reader's decode threads.
 
-        File reads and Blosc decompression release the GIL, so chunks of one batch decode
-        in parallel; the first failing job's error is raised (same as running them in order).
+        File reads and Blosc decompression release the GIL, so with several threads the
+        chunks of one batch decode in parallel. Even one decode thread beats decoding in the
+        main thread: there numcodecs hands each chunk to Blosc's own thread team, whose
+        hand-offs cost more than they save on ~1 MiB chunks (measured here: 273 us vs 155 us
+        for a 768 KiB rgb chunk), while in any other thread it decodes single-threaded. The
+        first failing job's error is raised (as if the jobs ran in order).
         """
-        threads = self.threads()
-        if threads <= 1 or len(jobs) <= 1:
-            for job in jobs:
-                job()
+        if not jobs:
             return
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="egosynth-decode")
+            self._pool = ThreadPoolExecutor(self.threads(), thread_name_prefix="egosynth-decode")
         for _ in self._pool.map(lambda job: job(), jobs):
             pass
 
@@ -595,6 +605,22 @@ def list_clips(reader: WindowReader, source_ids: Sequence[int] | None = None) ->
     return out
 
 
+def decoded_bytes(reader: WindowReader, clips: Sequence[ClipInfo]) -> int:
+    """Bytes of every decoded image chunk the reader's fields touch in `clips` (both eyes:
+    chunks are cached whole), from the layout of each store's first clip."""
+    per_frame: dict[int, int] = {}
+    total = 0
+    for c in clips:
+        if c.source not in per_frame:
+            clip = reader.store(c.source).clip(c.clip_id)
+            per_frame[c.source] = sum(
+                int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
+                for shape, dtype in (clip.layout(n) for n in reader.fields if n in IMAGE_FIELDS)
+            )
+        total += per_frame[c.source] * c.n_frames
+    return total
+
+
 # --------------------------------------------------------------------------- loader
 class WindowLoader:
     """Batches of windows for one shard of one epoch; numpy only.
@@ -666,6 +692,8 @@ class WindowLoader:
             self.index = WindowIndex([], self.spec)
         else:
             self.index = WindowIndex(list_clips(self.reader) if clips is None else clips, self.spec)
+            decoded = decoded_bytes(self.reader, self.index.clips)
+            self.reader.cache_everything = decoded <= self.reader.cache.max_bytes
             self.reader.refresh()  # the listing's handles are not needed by readers
             if len(self.index) == 0:
                 raise EgosynthError(
