@@ -32,6 +32,7 @@ consolidated metadata). A clip is visible to readers only once its `status` is "
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -40,6 +41,7 @@ import sys
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -398,10 +400,54 @@ def _root_attrs(path: str | Path) -> dict[str, Any] | None:
         raise EgosynthError(f"{path}: cannot read the existing store ({exc})") from None
 
 
+@contextmanager
+def writer_lock(path: str | Path) -> Iterator[None]:
+    """Hold the store's write lock: one render driver per store at a time.
+
+    A second render into the same local store (another terminal, a rerun while the first
+    still runs) would plan the same missing clips and write them twice. The lock is an
+    exclusive `flock` on the store folder itself (no lock file to go stale: the kernel drops
+    it when the process dies). The folder is created empty if missing (and removed again if
+    the locked work fails before writing anything). URL stores are not locked.
+    """
+    local = _local(path)
+    if local is None:
+        yield
+        return
+    if local.exists() and not local.is_dir():
+        raise EgosynthError(f"{path}: exists and is not a Zarr store; refusing to touch it")
+    made = not local.exists()
+    try:
+        local.mkdir(parents=True, exist_ok=True)
+        fd = os.open(local, os.O_RDONLY)
+    except OSError as exc:
+        raise EgosynthError(f"{path}: cannot write the store ({exc.strerror or exc})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise EgosynthError(
+                f"{path}: another egosynth process is writing this store (it holds the "
+                "store's write lock); wait for it to finish, or render to another --out"
+            ) from None
+        try:
+            yield
+        finally:
+            if made and local.is_dir() and not any(local.iterdir()):
+                local.rmdir()  # failed before writing: leave no empty folder behind
+    finally:
+        os.close(fd)
+
+
 def _remove_store(path: str | Path) -> None:
     local = _local(path)
     if local is not None:
-        shutil.rmtree(local)
+        # Empty the folder but keep it: its inode carries the writer lock (writer_lock).
+        for child in local.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
     else:  # fsspec URL: let zarr's store delete every key under it
         store = zarr.open_group(str(path), mode="r+", use_consolidated=False).store
         import asyncio

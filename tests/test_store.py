@@ -409,3 +409,24 @@ def test_clip_listing_ignores_unfinished_writes_silently(store: Path, tmp_path: 
     for name in ("being-made", "..", f"{ids[0]}/rgb"):  # never a folder outside clips/
         with pytest.raises(EgosynthError, match=f"no clip {name!r}"):
             ClipStore(path).clip(name)
+
+
+def test_a_second_writer_is_refused_and_changes_nothing(sset, tmp_path: Path) -> None:
+    from egosynth.orchestration import render_set
+    from egosynth.store import writer_lock
+
+    path = _new_store(sset, tmp_path / "s.zarr", clips=1)  # half rendered: work to do
+    before = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    with writer_lock(path):  # another driver is rendering into it
+        for overwrite in (False, True):
+            with pytest.raises(EgosynthError, match=r"s\.zarr: another egosynth process"):
+                render_set(sset, path, overwrite=overwrite, progress=False)
+    assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == before
+    with writer_lock(path):  # released when the holder left its block
+        prepare_store(path, config_fingerprint(sset), store_attrs(sset), overwrite=True)
+        assert path.is_dir() and ClipStore(path).clip_ids() == []  # emptied, folder kept
+    fresh = tmp_path / "new.zarr"
+    with pytest.raises(RuntimeError), writer_lock(fresh):
+        assert fresh.is_dir()
+        raise RuntimeError("failed before writing")
+    assert not fresh.exists()  # no empty folder left behind
