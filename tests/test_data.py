@@ -530,12 +530,15 @@ def test_cache_keeps_an_epoch_that_fits_and_bypasses_otherwise(store: Path) -> N
     kw = dict(length=4, stride=4, batch_size=2, seed=1, fields=("rgb",))  # windows own chunks
     roomy = WindowLoader(store, cache_bytes=1 << 20, **kw)
     assert roomy.reader.cache_everything
-    first = [b["rgb"].copy() for b in roomy]
+    first = [b["rgb"].copy() for b in roomy]  # first use: straight into the batch
+    assert len(roomy.reader.cache) == 0
+    second = [b["rgb"].copy() for b in roomy]  # second use: decoded into the cache
     misses = roomy.reader.cache.misses
-    assert misses > 0
-    again = [b["rgb"].copy() for b in roomy]  # same epoch again: every chunk from the cache
+    assert misses > 0 and len(roomy.reader.cache) == misses
+    third = [b["rgb"].copy() for b in roomy]  # then every chunk comes from the cache
     assert roomy.reader.cache.misses == misses
-    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    for got in (second, third):
+        assert all(np.array_equal(a, b) for a, b in zip(first, got, strict=True))
     tight = WindowLoader(store, cache_bytes=100, **kw)  # cannot hold the epoch: straight in
     assert not tight.reader.cache_everything
     got = [b["rgb"].copy() for b in tight]

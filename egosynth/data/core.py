@@ -337,9 +337,11 @@ class WindowReader:
                 f"loader: decode_threads = {decode_threads!r}: must be an integer >= 1 or None"
             )
         self.decode_threads = decode_threads
-        # Set by WindowLoader when every chunk of its clips fits in the cache: then even
-        # windows that own their chunks go through the cache, and later epochs decode nothing.
+        # Set by WindowLoader when every chunk of its clips fits in the cache: then windows
+        # that own their chunks go through the cache from their second use on (`_seen`), and
+        # later epochs decode nothing.
         self.cache_everything = False
+        self._seen: set[tuple[int, str, str, int]] = set()
         self._pool: ThreadPoolExecutor | None = None
         self.fields = check_fields(fields)
         self.eyes = tuple(int(e) for e in eyes)
@@ -352,7 +354,7 @@ class WindowReader:
     def __getstate__(self) -> dict[str, Any]:
         # Open handles and cached chunks stay in the process that made them.
         state = self.__dict__.copy()
-        state.update(_stores={}, _clips={}, _pool=None)  # the cache pickles empty
+        state.update(_stores={}, _clips={}, _pool=None, _seen=set())  # the cache pickles empty
         return state
 
     def refresh(self) -> None:
@@ -432,19 +434,25 @@ class WindowReader:
         """Queue the decodes one clip's windows need (into `jobs`); return the copy step.
 
         Windows that never overlap (stride >= span) and are whole chunks own those chunks:
-        no other window of the epoch reads them, so unless the cache can keep every chunk
-        until the next epoch they decode straight into the batch (no cache, no copy). Every
-        other window reads decoded chunks through the cache; missing chunks are decoded by
-        the jobs, then the returned step copies each window's frames into `dst`.
+        no other window of the epoch reads them, so they decode straight into the batch (no
+        cache, no copy) - unless the cache can keep every chunk until the next epoch and this
+        is the chunks' second use (admission on second use: a single pass never pays for
+        filling the cache; see `cache_everything`). Every other window reads decoded chunks
+        through the cache; missing chunks are decoded by the jobs, then the returned step
+        copies each window's frames into `dst`.
         """
         cf, t = self._chunk_frames(h, name), spec.length
-        own = (
-            not self.cache_everything
-            and spec.stride >= spec.span
-            and spec.skip == 1
-            and self._eye == slice(0, 2)
-        )
+        own = spec.stride >= spec.span and spec.skip == 1 and self._eye == slice(0, 2)
         direct = [own and s % cf == 0 and (t % cf == 0 or s + t == info.n_frames) for s in starts]
+        if self.cache_everything:
+            for i, s in enumerate(starts):
+                if direct[i]:
+                    keys = {
+                        (info.source, info.clip_id, name, c)
+                        for c in range(s // cf, -(-(s + t) // cf))
+                    }
+                    direct[i] = not keys <= self._seen
+                    self._seen |= keys
         for row, s, d in zip(rows, starts, direct, strict=True):
             if d:
                 jobs.append(partial(self._read_into, info, h, name, s, dst[row]))
