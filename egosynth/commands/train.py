@@ -33,6 +33,16 @@ def _size(text: str) -> tuple[int, int] | None:
     return vals[0], vals[1]
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected 0 (off) or a fraction in (0, 1], got {text!r}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -63,6 +73,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     g.add_argument("--size", type=_size, default=(64, 48), help="WxH to resize to, or native")
+    g.add_argument("--fovea", type=_fraction, default=0.0,
+                   help="train on foveal crops around each eye's fixation point, this fraction "
+                   "of the frame height tall, resized to --size (0 = whole frames)")  # fmt: skip
+    g.add_argument("--augment", default="",
+                   help="per-frame training augmentations, a comma list of crop (random "
+                   "resized crop + flip) and colour (jitter, grey); default none")  # fmt: skip
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--weight-decay", type=float, default=1e-4)
     g.add_argument("--warmup", type=int, default=10, help="linear warm-up steps")
@@ -94,6 +110,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--log-every", type=int, default=10)
     d.add_argument("--ckpt-every", type=int, default=100)
     d.add_argument("--diag-every", type=int, default=100, help="0 = no diagnostics")
+    d.add_argument("--validation", action="store_true",
+                   help="score diagnostics on validation clips (the last training clip of each "
+                   "scene, then not trained on) instead of the held-out clips: for choosing "
+                   "settings without looking at held-out data")  # fmt: skip
     d.add_argument("--probe-windows", type=int, default=32, help="windows per probe split")
     d.add_argument("--no-tensorboard", action="store_true")
     d.add_argument("--no-progress", action="store_true")

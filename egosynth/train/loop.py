@@ -75,6 +75,8 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     size: tuple[int, int] | None = (64, 48)  # (width, height) frames are resized to
+    fovea: float = 0.0  # > 0: train on foveal crops this fraction of the frame height tall
+    augment: tuple[str, ...] = ()  # "crop", "colour": per-frame training augmentations
     deterministic: bool = False
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     slow: SlowConfig = field(default_factory=SlowConfig)
@@ -99,6 +101,12 @@ class TrainConfig:
             raise EgosynthError(f"--schedule = {self.schedule!r}: expected cosine or constant")
         if self.steps < 1:
             raise EgosynthError(f"--steps = {self.steps}: must be >= 1")
+        from egosynth.train.fovea import check_fraction
+
+        self.fovea = check_fraction(self.fovea)
+        from egosynth.train.augment import parse_augment
+
+        self.augment = parse_augment(self.augment)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -115,8 +123,19 @@ class TrainConfig:
 
 
 # --------------------------------------------------------------------------- batches
-def frames_from_batch(batch: Any, size: tuple[int, int] | None, device: torch.device) -> Tensor:
-    """uint8 rgb of a batch -> float (B, T, E, 3, h, w) in [0, 1] on `device`, resized."""
+def frames_from_batch(
+    batch: Any,
+    size: tuple[int, int] | None,
+    device: torch.device,
+    fovea: float = 0.0,
+    augment: tuple[str, ...] = (),
+) -> Tensor:
+    """uint8 rgb of a batch -> float (B, T, E, 3, h, w) in [0, 1] on `device`, resized.
+
+    `fovea` > 0: each eye's frame is first cut to the foveal window around the batch's
+    fixation point (`egosynth.train.fovea`). `augment` ("crop", "colour"): random
+    augmentations drawn per frame and eye (`egosynth.train.augment`; training batches only).
+    """
     rgb = batch["rgb"] if isinstance(batch, dict) else batch
     if not isinstance(rgb, Tensor):
         rgb = torch.as_tensor(rgb)
@@ -127,10 +146,30 @@ def frames_from_batch(batch: Any, size: tuple[int, int] | None, device: torch.de
     rgb = rgb.to(device, non_blocking=True)
     x = rgb.float() / 255.0 if rgb.dtype == torch.uint8 else rgb.float()
     b, t, e, c, h, w = x.shape
-    if size is not None and (w, h) != tuple(size):
-        x = F.interpolate(x.reshape(-1, c, h, w), size=(size[1], size[0]), mode="area")
-        x = x.view(b, t, e, c, size[1], size[0])
-    return x.contiguous()
+    out = size or (w, h)
+    if fovea > 0 or "crop" in augment:
+        from egosynth.train import augment as aug
+        from egosynth.train.fovea import fovea_boxes, foveate, gaze_boxes
+
+        if fovea > 0:
+            boxes = gaze_boxes(batch, tuple(x.shape), fovea, out, device)
+        else:  # the whole frame (the largest centred window of the output's aspect ratio)
+            centre = torch.tensor([[w / 2, h / 2]], device=device).expand(b * t * e, 2)
+            boxes = fovea_boxes(centre, (h, w), 1.0, out)
+        if "crop" in augment:
+            boxes = aug.random_subboxes(boxes)
+        y = foveate(x.reshape(-1, c, h, w), boxes, out)
+        if "crop" in augment:
+            y = aug.random_flip(y)
+    elif size is not None and (w, h) != tuple(size):
+        y = F.interpolate(x.reshape(-1, c, h, w), size=(size[1], size[0]), mode="area")
+    else:
+        y = x.reshape(-1, c, h, w)
+    if "colour" in augment:
+        from egosynth.train.augment import colour_jitter
+
+        y = colour_jitter(y)
+    return y.reshape(b, t, e, c, out[1], out[0]).contiguous()
 
 
 # --------------------------------------------------------------------------- model
@@ -526,7 +565,9 @@ class Trainer:
         try:
             while self.step < stop:
                 t0 = time.perf_counter()
-                frames = frames_from_batch(next(batches), cfg.size, self.device)
+                frames = frames_from_batch(
+                    next(batches), cfg.size, self.device, cfg.fovea, cfg.augment
+                )
                 t1 = time.perf_counter()
                 rec = self.train_step(frames)
                 if self.device.type == "cuda":
@@ -631,6 +672,8 @@ def config_from_args(args: Any) -> TrainConfig:
         device=args.device,
         seed=args.seed,
         size=args.size,
+        fovea=args.fovea,
+        augment=args.augment,
         deterministic=args.deterministic,
         encoder=enc,
         slow=slow,
@@ -678,6 +721,7 @@ def store_loader(args: Any, clip_ids: list[str], device: torch.device) -> Any:
     from egosynth.data.core import ClipInfo
     from egosynth.data.torch import WindowDataLoader, WindowIterableDataset
     from egosynth.train.data import open_store
+    from egosynth.train.fovea import FOVEA_FIELDS
 
     store = open_store(args.store)
     clips = [ClipInfo(0, cid, store.clip(cid).n_frames) for cid in clip_ids]
@@ -686,7 +730,7 @@ def store_loader(args: Any, clip_ids: list[str], device: torch.device) -> Any:
         length=args.window,
         stride=args.stride,
         skip=args.skip,
-        fields=("rgb",),
+        fields=("rgb", *(FOVEA_FIELDS if getattr(args, "fovea", 0.0) > 0 else ())),
         batch_size=args.batch_size,
         seed=args.seed,
         drop_last=True,  # batch statistics (BatchNorm, SFA constraints) want full batches
@@ -711,7 +755,17 @@ def run_from_args(args: Any) -> dict[str, Any]:
     ids = store.clip_ids()
     if not ids:
         raise EgosynthError(f"{args.store}: no complete clips")
-    train_ids, held_ids = split_clips(ids, [store.clip(c).scene for c in ids])
+    scene_of = {c: store.clip(c).scene for c in ids}
+    train_ids, held_ids = split_clips(ids, [scene_of[c] for c in ids])
+    if getattr(args, "validation", False):
+        # Choose settings on validation clips carved out of the training clips by the same
+        # rule; the held-out clips are then neither trained on nor scored.
+        train_ids, held_ids = split_clips(train_ids, [scene_of[c] for c in train_ids])
+        if not held_ids:
+            raise EgosynthError(
+                f"{args.store}: --validation needs a scene with >= 3 clips (train, validation, "
+                "held out)"
+            )
     device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     data = store_loader(args, train_ids, device)
     probe = None
@@ -722,5 +776,6 @@ def run_from_args(args: Any) -> dict[str, Any]:
     trainer = Trainer(cfg, data, out=args.out, probe=probe)
     trainer.fit(resume=args.resume)
     summary = summarise(trainer)
-    summary.update(train_clips=train_ids, heldout_clips=held_ids)
+    scored = "validation_clips" if getattr(args, "validation", False) else "heldout_clips"
+    summary.update({"train_clips": train_ids, scored: held_ids})
     return summary
