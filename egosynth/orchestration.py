@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,7 +229,7 @@ class _Slot:
     actor: Any
     deaths: int = 0
     retired: bool = False
-    warm: set[str] = field(default_factory=set)
+    warm: list[str] = field(default_factory=list)  # the actor's loaded scenes, LRU first
 
 
 def _run(
@@ -313,7 +313,8 @@ def _drive(
             inflight[slots[i].actor.info.remote()] = (i, None)
         while idle and pending:
             i = idle.pop(0)
-            plan = _pick(pending, slots[i].warm)
+            plan = _pick(pending, slots[i].warm, [s.warm for s in slots if not s.retired])
+            _touch(slots[i].warm, plan.scene)  # loaded by the actor as it starts the clip
             attempts[plan.clip_id] = attempts.get(plan.clip_id, 0) + 1
             inflight[slots[i].actor.render.remote(plan)] = (i, plan)
         if not inflight and not probe_at:  # every actor retired: nothing can make progress
@@ -374,7 +375,6 @@ def _settle(
             requeue(plan, _one_line(exc))
     else:
         if plan is not None:
-            slot.warm.add(res["scene"])
             report.done.append(plan.clip_id)
             report.frames += res["frames"]
             report.render_s += res["render_s"]
@@ -394,10 +394,30 @@ def _actor_died(slot: _Slot, report: RenderReport) -> None:
         slot.retired = True
 
 
-def _pick(pending: deque[ClipPlan], warm: set[str]) -> ClipPlan:
-    """Prefer a clip whose scene this actor already has loaded (no bundle reload)."""
-    for k, plan in enumerate(pending):
-        if plan.scene in warm:
-            del pending[k]
-            return plan
-    return pending.popleft()
+def _touch(warm: list[str], scene: str) -> None:
+    """Mirror the actor's renderer LRU (`_Worker.render`): `scene` most recent, at most
+    MAX_WARM_SCENES kept."""
+    if scene in warm:
+        warm.remove(scene)
+    warm.append(scene)
+    del warm[:-MAX_WARM_SCENES]
+
+
+def _pick(pending: deque[ClipPlan], warm: list[str], all_warm: list[list[str]]) -> ClipPlan:
+    """The next clip for an idle actor whose loaded scenes are `warm`.
+
+    A clip of a scene it has loaded first (no bundle reload), the most recently used scene
+    first. Otherwise a clip of the pending scene that the fewest actors have loaded
+    (`all_warm`), so that actors spread over scenes instead of every actor loading every
+    scene in plan order; ties go to the earliest pending clip.
+    """
+    for scene in reversed(warm):
+        for k, plan in enumerate(pending):
+            if plan.scene == scene:
+                del pending[k]
+                return plan
+    loaded = Counter(s for w in all_warm for s in w)
+    k = min(range(len(pending)), key=lambda k: (loaded[pending[k].scene], k))
+    plan = pending[k]
+    del pending[k]
+    return plan

@@ -18,6 +18,8 @@ from pathlib import Path
 import _fake_renderer
 import pytest
 from _fake_renderer import tiny_set
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from egosynth.cli import main
 from egosynth.config import load_scene_set
@@ -268,3 +270,62 @@ def test_sigint_driver_then_rerun_equals_uninterrupted(cluster: str, tmp_path: P
     )
     assert ClipStore(out).validate() == []
     _assert_same_clips(out, _reference(sset, tmp_path / "ref.zarr"))
+
+
+def _plans(scenes: list[str]):
+    from types import SimpleNamespace
+
+    return [SimpleNamespace(scene=s, clip_id=f"{s}-{k:04d}") for k, s in enumerate(scenes)]
+
+
+def test_idle_actors_spread_over_scenes_then_stay_on_theirs() -> None:
+    from collections import deque
+
+    from egosynth.orchestration import MAX_WARM_SCENES, _pick, _touch
+
+    # Plan order is scene-major: handing out clips in order would give every actor room_0.
+    pending = deque(_plans(["a"] * 4 + ["b"] * 4 + ["c"] * 4))
+    warm: list[list[str]] = [[], [], []]
+    first = []
+    for i in range(3):  # three cold actors
+        plan = _pick(pending, warm[i], warm)
+        _touch(warm[i], plan.scene)
+        first.append(plan.scene)
+    assert first == ["a", "b", "c"]
+    assert _pick(pending, warm[1], warm).scene == "b"  # an actor keeps its loaded scene
+    lru = ["a", "b", "c"]
+    for s in ["b", "d", "e", "f"]:
+        _touch(lru, s)
+    assert lru == ["c", "b", "d", "e", "f"][-MAX_WARM_SCENES:]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    scenes=st.lists(st.sampled_from("abcde"), min_size=1, max_size=30),
+    actors=st.integers(1, 5),
+    seed=st.integers(0, 100),
+)
+def test_every_clip_is_handed_out_once_and_loads_beat_plan_order(
+    scenes: list[str], actors: int, seed: int
+) -> None:
+    import random
+    from collections import deque
+
+    from egosynth.orchestration import _pick, _touch
+
+    def run(pick) -> tuple[list[str], int]:
+        rng = random.Random(seed)
+        pending, warm = deque(_plans(sorted(scenes))), [[] for _ in range(actors)]
+        got, loads = [], 0
+        while pending:
+            i = rng.randrange(actors)  # whichever actor is idle next
+            plan = pick(pending, warm[i], warm)
+            loads += plan.scene not in warm[i]
+            _touch(warm[i], plan.scene)
+            got.append(plan.clip_id)
+        return got, loads
+
+    got, loads = run(_pick)
+    assert sorted(got) == sorted(p.clip_id for p in _plans(sorted(scenes)))
+    _, plain = run(lambda pending, warm, _all: pending.popleft())
+    assert loads <= plain + actors  # never much worse than plan order, usually far better
