@@ -430,3 +430,38 @@ def test_a_second_writer_is_refused_and_changes_nothing(sset, tmp_path: Path) ->
         assert fresh.is_dir()
         raise RuntimeError("failed before writing")
     assert not fresh.exists()  # no empty folder left behind
+
+
+def test_stored_chunks_read_straight_into_the_buffer_and_are_checked(tmp_path: Path) -> None:
+    from egosynth.data.synthetic import pattern_frames, pattern_meta
+
+    path = tmp_path / "raw.zarr"
+    prepare_store(path, "fp", {})
+    w = ClipWriter(path, "c", 10, 5, 6, {"scene": "s"}, chunk_frames=4, clevel=0)
+    f = pattern_frames(3, 0, 10, 5, 6)
+    for t0 in range(0, 10, 4):
+        w.write_frames(t0, {k: v[t0 : t0 + 4] for k, v in f.items()})
+    w.write_meta(*pattern_meta(3, 10))
+    w.complete()
+    chunk = path / "clips" / "c" / "depth" / "c" / "1" / "0" / "0" / "0"
+    assert chunk.read_bytes()[2] & 0x02  # Blosc's "stored as is" flag: the fast path's input
+    clip = ClipStore(path).clip("c")
+    plain = zarr.open_group(str(path), mode="r")["clips/c"]
+    for name in ("rgb", "depth", "instance", "part"):
+        buf = np.empty(f[name][2:9].shape, f[name].dtype)
+        clip.read_into(name, 2, buf)  # a partial chunk, a whole one, the padded last one
+        np.testing.assert_array_equal(buf, plain[name][2:9])
+        np.testing.assert_array_equal(buf, f[name][2:9])
+    import google_crc32c
+    import numcodecs
+
+    data = chunk.read_bytes()
+    small = bytes(numcodecs.Blosc("lz4", 0, 1, 0, 1).encode(np.zeros(7, np.uint8)))
+    for bad, why in (
+        (data[:30] + bytes([data[30] ^ 1]) + data[31:], "checksum mismatch"),  # flipped bit
+        (data[:-9] + data[-4:], "checksum mismatch"),  # truncated
+        (small + google_crc32c.value(small).to_bytes(4, "little"), "holds 7"),  # wrong size
+    ):
+        chunk.write_bytes(bad)
+        with pytest.raises(EgosynthError, match=rf"clip c/depth: corrupt .*c/1/0/0/0: .*{why}"):
+            ClipStore(path).clip("c").read(4, 8, ["depth"])
