@@ -39,6 +39,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -386,30 +387,30 @@ class WindowReader:
         """Frames per chunk of one array (from the array itself: arrays may differ)."""
         return h.clip.chunk_frames(name)
 
-    def _read(self, info: ClipInfo, h: _ClipHandle, name: str, sel: slice) -> NDArray:
-        # Clip.read: local stores decode chunk files directly (checksummed), URLs via zarr.
+    @contextmanager
+    def _named_errors(self, info: ClipInfo, name: str, start: Any, stop: Any) -> Iterator[None]:
+        """A store read's failure as one line naming the store, clip, array and frames."""
         try:
-            if sel.start is None:  # a small array, whole
-                return h.clip.read(names=[name])[name]
-            return h.clip.read(sel.start, sel.stop, [name])[name]
+            yield
         except (EgosynthError, ValueError, RuntimeError, OSError, KeyError) as exc:
             msg = str(exc).split("\n")[0]
             raise EgosynthError(
                 f"{self.sources[info.source]}: clip {info.clip_id}/{name} frames "
-                f"{sel.start}:{sel.stop}: corrupt or unreadable ({msg})"
+                f"{start}:{stop}: corrupt or unreadable ({msg})"
             ) from None
+
+    def _read(self, info: ClipInfo, h: _ClipHandle, name: str, sel: slice) -> NDArray:
+        # Clip.read: local stores decode chunk files directly (checksummed), URLs via zarr.
+        with self._named_errors(info, name, sel.start, sel.stop):
+            if sel.start is None:  # a small array, whole
+                return h.clip.read(names=[name])[name]
+            return h.clip.read(sel.start, sel.stop, [name])[name]
 
     def _read_into(
         self, info: ClipInfo, h: _ClipHandle, name: str, start: int, dst: NDArray
     ) -> None:
-        try:
+        with self._named_errors(info, name, start, start + len(dst)):
             h.clip.read_into(name, start, dst)
-        except (EgosynthError, ValueError, RuntimeError, OSError, KeyError) as exc:
-            msg = str(exc).split("\n")[0]
-            raise EgosynthError(
-                f"{self.sources[info.source]}: clip {info.clip_id}/{name} frames "
-                f"{start}:{start + len(dst)}: corrupt or unreadable ({msg})"
-            ) from None
 
     def _whole(self, info: ClipInfo, h: _ClipHandle, name: str) -> NDArray:
         """A small array read whole once per clip (poses, time, gaze, intrinsics)."""
