@@ -53,6 +53,16 @@ class Frames:
         )
 
 
+def batch_intrinsics(K: NDArray[np.floating], n: int) -> NDArray[np.float64]:
+    """Pinhole intrinsics for n views: K (3, 3) shared, or (n, 3, 3) one each -> (n, 3, 3)."""
+    K = np.asarray(K, dtype=np.float64)
+    if K.shape == (3, 3):
+        K = np.broadcast_to(K, (n, 3, 3))
+    if K.shape != (n, 3, 3):
+        raise ValueError(f"K must be (3, 3) or ({n}, 3, 3), got {K.shape}")
+    return K
+
+
 @runtime_checkable
 class Renderer(Protocol):
     """A scene that can be rendered from arbitrary pinhole cameras."""

@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 
 from egosynth.camera import camera_rays
 from egosynth.errors import EgosynthError
-from egosynth.render.base import Frames, Label
+from egosynth.render.base import Frames, Label, batch_intrinsics
 from egosynth.scenes.textures import Material, albedo, shade
 
 if TYPE_CHECKING:
@@ -184,7 +184,7 @@ class MeshRenderer:
         """Render N views: cam_to_world (N, 4, 4) OpenCV, K (3, 3) or (N, 3, 3)."""
         c2w = np.asarray(cam_to_world, np.float64).reshape(-1, 4, 4)
         n_cam = len(c2w)
-        Ks = np.broadcast_to(np.asarray(K, np.float64), (n_cam, 3, 3))
+        Ks = batch_intrinsics(K, n_cam)
         out = Frames.empty(n_cam, height, width)
         out.accumulation[:] = 1.0
         per_cam = width * height

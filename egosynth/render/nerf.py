@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 from egosynth.camera import distance_to_depth, opencv_to_opengl, unproject
 from egosynth.errors import EgosynthError
 from egosynth.nerf.bundle import Bundle, BundleError, BundleMeta, model_from_scene, read_bundle
-from egosynth.render.base import Frames, Label
+from egosynth.render.base import Frames, Label, batch_intrinsics
 
 if TYPE_CHECKING:
     from egosynth.config import SceneConfig, SceneObject
@@ -190,15 +190,6 @@ def model_poses(
     return opencv_to_opengl(P)[:, :3, :4], k
 
 
-def _intrinsics(K: NDArray[np.floating], n: int) -> NDArray[np.float64]:
-    K = np.asarray(K, dtype=np.float64)
-    if K.shape == (3, 3):
-        K = np.broadcast_to(K, (n, 3, 3))
-    if K.shape != (n, 3, 3):
-        raise ValueError(f"K must be (3, 3) or ({n}, 3, 3), got {K.shape}")
-    return K
-
-
 def nerfstudio_cameras(
     poses: NDArray[np.floating], K: NDArray[np.floating], width: int, height: int
 ) -> Any:
@@ -207,7 +198,7 @@ def nerfstudio_cameras(
     from nerfstudio.cameras.cameras import Cameras, CameraType
 
     n = len(poses)
-    Ks = _intrinsics(K, n)
+    Ks = batch_intrinsics(K, n)
 
     def col(a: NDArray) -> torch.Tensor:
         return torch.tensor(np.asarray(a), dtype=torch.float32)[:, None]
@@ -445,7 +436,7 @@ class NerfRenderer:
     ) -> Frames:
         c2w = np.asarray(cam_to_world, dtype=np.float64).reshape(-1, 4, 4)
         n = len(c2w)
-        Ks = _intrinsics(K, n)
+        Ks = batch_intrinsics(K, n)
         raw = self.render_raw(c2w, Ks, width, height)
         _, k = model_poses(c2w[:1], self.world_from_scene, self.bundle.meta)
         frames = Frames.empty(n, height, width)
