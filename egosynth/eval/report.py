@@ -104,12 +104,7 @@ def plot_overlays(
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=90)
 
 
 def plot_alignment_vs_accuracy(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path | None:
@@ -145,9 +140,16 @@ def plot_alignment_vs_accuracy(path: str | Path, rows: Sequence[dict[str, Any]])
     ax.set_ylabel("alignment (Spearman / 0.65753)")
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_title("human alignment against accuracy")
+    return _save(fig, path, dpi=110)
+
+
+def _save(fig: Any, path: str | Path, dpi: int) -> Path:
+    """Lay out, write (making the folder) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
