@@ -96,7 +96,9 @@ def write_clip(store: Path, k: int, args: argparse.Namespace, frames: dict) -> N
 
     n, h, w = args.frames, args.height, args.width
     attrs = {"scene": "synthetic", "seed": k, "fps": FPS}
-    cw = ClipWriter(store, f"c{k:05d}", n, h, w, attrs, args.chunk_frames, clevel=args.clevel)
+    cw = ClipWriter(
+        store, f"c{k:05d}", n, h, w, attrs, args.chunk_frames, clevel=args.clevel, rgb=args.rgb
+    )
     for t0 in range(0, n, cw.chunk_frames):
         cw.write_frames(t0, {name: v[t0 : t0 + cw.chunk_frames] for name, v in frames.items()})
     cw.write_meta(*pattern_meta(k, n))
@@ -192,6 +194,9 @@ def main() -> None:
     )
     p.add_argument("--chunk-frames", type=int, default=None, help="store chunk (default: store's)")
     p.add_argument("--clevel", type=int, default=5, help="Blosc level of the store (0: stored)")
+    p.add_argument(
+        "--rgb", choices=("raw", "lz4"), default="raw", help="the store's rgb layout (default raw)"
+    )
     p.add_argument(
         "--decode-threads", type=int, default=None, help="(a)'s decode threads (default: auto)"
     )

@@ -90,10 +90,13 @@ def test_layout_codecs_and_time_chunking(store: Path) -> None:
     assert root.attrs["schema_version"] == SCHEMA_VERSION
     clip = root["clips/" + sorted(root["clips"].group_keys())[0]]
     assert sorted(clip.array_keys()) == sorted(ARRAY_NAMES)
-    rgb = clip["rgb"]
-    assert rgb.chunks == (CHUNK, 2, 24, 32, 3)  # whole stereo frames per chunk
-    names = [type(c).__name__ for c in rgb.compressors]
-    assert names == ["BloscCodec", "Crc32cCodec"] and rgb.compressors[0].cname.value == "lz4"
+    rgb, depth = clip["rgb"], clip["depth"]
+    # rgb: chunk files ("shards") of whole stereo frames, each frame raw with its own checksum
+    assert rgb.shards == (CHUNK, 2, 24, 32, 3) and rgb.chunks == (1, 2, 24, 32, 3)
+    assert [type(c).__name__ for c in rgb.compressors] == ["Crc32cCodec"]
+    assert depth.shards is None and depth.chunks == (CHUNK, 2, 24, 32)
+    names = [type(c).__name__ for c in depth.compressors]
+    assert names == ["BloscCodec", "Crc32cCodec"] and depth.compressors[0].cname.value == "lz4"
     assert clip["depth"].metadata.dimension_names == ("time", "eye", "y", "x")
 
 
@@ -263,6 +266,7 @@ def test_direct_and_zarr_writers_write_identical_bytes(tmp_path: Path) -> None:
         f = pattern_frames(k, t0, t1, 5, 6)
         f["instance"] = np.zeros_like(f["instance"])  # all fill value: no chunk file at all
         f["depth"] = f["depth"] * (np.arange(t0, t1) >= 4)[:, None, None, None]  # chunk 0 empty
+        f["rgb"][np.arange(t0, t1) == 5] = 0  # a raw frame of fill values: not stored
         return f
 
     stores = {}
@@ -281,6 +285,64 @@ def test_direct_and_zarr_writers_write_identical_bytes(tmp_path: Path) -> None:
     assert stores[True] == stores[False]
     assert not any(k.startswith("c10/instance/c/") for k in stores[True])
     assert "c10/depth/c/0/0/0/0" not in stores[True] and "c10/depth/c/1/0/0/0" in stores[True]
+    frame = 2 * 5 * 6 * 3 + 4  # bytes + crc32c; the index: 4 x (offset, nbytes) + crc32c
+    assert len(stores[True]["c10/rgb/c/0/0/0/0/0"]) == 4 * frame + 4 * 16 + 4
+    assert len(stores[True]["c10/rgb/c/1/0/0/0/0"]) == 3 * frame + 4 * 16 + 4  # frame 5 not
+    assert len(stores[True]["c10/rgb/c/2/0/0/0/0"]) == 2 * frame + 4 * 16 + 4  # padded end
+
+
+@pytest.fixture(scope="module")
+def holey_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Raw rgb with frames of fill values (frame 1, all of shard 1: no file), a padded last
+    shard, and a second clip whose shard 0 stores its frames in reverse order (valid for zarr,
+    which follows the index; egosynth never writes it)."""
+    from egosynth.data.synthetic import pattern_frames, pattern_meta
+
+    path = tmp_path_factory.mktemp("holey") / "h.zarr"
+    prepare_store(path, "fp", {})
+    for cid in ("holes", "reversed"):
+        w = ClipWriter(path, cid, 10, 5, 6, {"scene": "s"}, chunk_frames=4)
+        f = pattern_frames(1, 0, 10, 5, 6)
+        if cid == "holes":
+            f["rgb"][[1, 4, 5, 6, 7]] = 0
+        for t0 in range(0, 10, 4):
+            w.write_frames(t0, {k: v[t0 : t0 + 4] for k, v in f.items()})
+        w.write_meta(*pattern_meta(1, 10))
+        w.complete()
+    shard = path / "clips" / "reversed" / "rgb" / "c" / "0" / "0" / "0" / "0" / "0"
+    data, n = shard.read_bytes(), 2 * 5 * 6 * 3 + 4
+    index = np.frombuffer(data[-68:-4], "<u8").reshape(4, 2).copy()
+    index[:, 0] = index[::-1, 0]  # frame i now sits where frame 3 - i was
+    body = b"".join(data[(3 - i) * n : (4 - i) * n] for i in range(4)) + index.tobytes()
+    import google_crc32c
+
+    shard.write_bytes(body + google_crc32c.value(index.tobytes()).to_bytes(4, "little"))
+    assert not (path / "clips" / "holes" / "rgb" / "c" / "1").exists()
+    return path
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from(["holes", "reversed"]),
+    st.integers(0, 10),
+    st.integers(0, 10),
+    st.integers(1, 4),
+)
+def test_raw_frames_read_equals_zarr_for_any_frames(
+    holey_store: Path, cid: str, a: int, b: int, step: int
+) -> None:
+    start, stop = min(a, b), max(a, b)
+    clip = ClipStore(holey_store).clip(cid)
+    assert clip.frame_addressable("rgb") and not clip.frame_addressable("depth")
+    want = zarr.open_group(str(holey_store), mode="r")[f"clips/{cid}/rgb"][start:stop:step]
+    got = np.full(want.shape, 99, np.uint8)
+    clip.read_into("rgb", start, got, step)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(clip.read(start, stop, ["rgb"])["rgb"][::step], want)
+    depth = np.empty((len(want), 2, 5, 6), np.float16)  # Blosc chunks: the same API
+    clip.read_into("depth", start, depth, step)
+    plain = zarr.open_group(str(holey_store), mode="r")[f"clips/{cid}/depth"]
+    np.testing.assert_array_equal(depth, plain[start:stop:step])
 
 
 def test_unaligned_or_misshaped_writes_go_through_zarr(tmp_path: Path) -> None:
@@ -308,44 +370,69 @@ def test_remote_store_falls_back_to_zarr_with_the_same_values(odd_store: Path) -
     for cid in remote.clip_ids():
         r = remote.clip(cid)
         assert r.folder is None
-        assert r.chunk_frames("rgb") == 4 and r.layout("depth") == local.clip(cid).layout("depth")
+        assert r.chunk_frames("depth") == 4 and r.layout("depth") == local.clip(cid).layout("depth")
+        assert r.chunk_frames("rgb") == 1 and not r.frame_addressable("rgb")  # zarr reads it
         a, b = r.read(1, r.n_frames), local.clip(cid).read(1, r.n_frames)
         for name in ARRAY_NAMES:
             np.testing.assert_array_equal(a[name], b[name])
 
 
-def _corrupt(path: Path, cid: str, how: str) -> Path:
-    chunk = path / "clips" / cid / "rgb" / "c" / "1" / "0" / "0" / "0" / "0"
+def _corrupt(path: Path, cid: str, name: str, how: str) -> None:
+    """Damage time chunk 1 of `name`: depth is a Blosc chunk, rgb a shard of raw frames."""
+    import google_crc32c
+
+    key = ["c", "1", "0", "0", "0"] + (["0"] if name == "rgb" else [])
+    chunk = path.joinpath("clips", cid, name, *key)
     data = chunk.read_bytes()
     if how == "flip":
         data = data[:20] + bytes([data[20] ^ 1]) + data[21:]
     elif how == "short":
         data = data[:10]
-    else:  # a valid chunk of the wrong size, with a valid checksum: caught by the size check
-        import google_crc32c
+    elif how == "index":  # the shard index's first offset, its checksum left as it was
+        i = len(data) - 4 * 16 - 4
+        data = data[:i] + bytes([data[i] ^ 8]) + data[i + 1 :]
+    elif name == "depth":  # a valid chunk of the wrong size, checksum valid: the size check
         import numcodecs
 
         body = bytes(numcodecs.Blosc("lz4", 5, 1, 0, 1).encode(np.zeros(7, np.uint8)))
         data = body + google_crc32c.value(body).to_bytes(4, "little")
+    else:  # a valid shard of 7-byte frames, every checksum right: the frame-size check
+        from egosynth.store import _Frames
+
+        tmp = path.parent / "other"
+        _Frames(tmp, (4, 7), 4, np.dtype("uint8"), np.uint8(0)).write(0, np.ones((4, 7)), set())
+        data = (tmp / "c" / "0" / "0").read_bytes()
     chunk.write_bytes(data)
-    return chunk
 
 
 @pytest.mark.parametrize(
-    ("how", "why"), [("flip", "checksum mismatch"), ("short", "too short"), ("size", "holds 7")]
+    ("name", "how", "why"),
+    [
+        ("depth", "flip", "checksum mismatch"),
+        ("depth", "short", "too short"),
+        ("depth", "size", "holds 7"),
+        ("rgb", "flip", "checksum mismatch in frame"),
+        ("rgb", "short", "too short"),
+        ("rgb", "index", "index checksum mismatch"),
+        ("rgb", "size", "frame 0 of the shard has 11 bytes"),
+    ],
 )
-def test_direct_read_detects_corruption(sset, tmp_path: Path, how: str, why: str) -> None:
+def test_direct_read_detects_corruption(
+    sset, tmp_path: Path, name: str, how: str, why: str
+) -> None:
     from egosynth.data import WindowLoader
 
     path = _new_store(sset, tmp_path / "c.zarr", clips=1)
     cid = ClipStore(path).clip_ids()[0]
-    _corrupt(path, cid, how)
+    _corrupt(path, cid, name, how)
     clip = ClipStore(path).clip(cid)
-    with pytest.raises(EgosynthError, match=rf"clip {cid}/rgb: corrupt .*c/1/0/0/0/0: .*{why}"):
-        clip.read(4, 8, ["rgb"])
+    key = "c/1/0/0/0" + ("/0" if name == "rgb" else "")
+    with pytest.raises(EgosynthError, match=rf"clip {cid}/{name}: corrupt .*{key}: .*{why}"):
+        clip.read(4, 8, [name])
+    shape, dtype = clip.layout(name)
     with pytest.raises(EgosynthError, match=why):
-        clip.read_into("rgb", 4, np.empty((4, 2, 24, 32, 3), np.uint8))
-    clip.read(0, 4, ["rgb"])  # the other chunks still read
+        clip.read_into(name, 4, np.empty((4, *shape[1:]), dtype))
+    clip.read(0, 4, [name])  # the other chunks still read
     for threads in (1, 2):  # in order, and on the decode threads
         loader = WindowLoader(
             path,
@@ -353,10 +440,10 @@ def test_direct_read_detects_corruption(sset, tmp_path: Path, how: str, why: str
             stride=4,
             batch_size=3,
             shuffle=False,
-            fields=["rgb"],
+            fields=[name],
             decode_threads=threads,
         )
-        with pytest.raises(EgosynthError, match=rf"c\.zarr: clip {cid}/rgb frames 4:8: corrupt"):
+        with pytest.raises(EgosynthError, match=rf"c\.zarr: clip {cid}/{name} frames 4:8: corrupt"):
             list(loader)
 
 
@@ -465,3 +552,55 @@ def test_stored_chunks_read_straight_into_the_buffer_and_are_checked(tmp_path: P
         chunk.write_bytes(bad)
         with pytest.raises(EgosynthError, match=rf"clip c/depth: corrupt .*c/1/0/0/0: .*{why}"):
             ClipStore(path).clip("c").read(4, 8, ["depth"])
+
+
+def test_raw_frames_are_checked_once_per_version_of_their_file(
+    holey_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import shutil
+
+    import egosynth.store as store_mod
+
+    path = tmp_path / "h.zarr"
+    shutil.copytree(holey_store, path)
+    calls = []
+    real = store_mod.crc32c.crc32c
+    monkeypatch.setattr(
+        store_mod.crc32c, "crc32c", lambda *a: calls.append(len(memoryview(a[0]))) or real(*a)
+    )
+    frame = 2 * 5 * 6 * 3
+    clip = ClipStore(path).clip("reversed")
+    want = clip.read(0, 4, ["rgb"])["rgb"]
+    assert calls.count(frame) == 4  # each frame of shard 0 checked (and the index once)
+    calls.clear()
+    again = ClipStore(path).clip("reversed").read(0, 4, ["rgb"])["rgb"]  # same file version
+    assert calls.count(frame) == 0
+    np.testing.assert_array_equal(again, want)
+    # A new version of the file (writers replace files): every frame is checked again.
+    shard = path / "clips" / "reversed" / "rgb" / "c" / "0" / "0" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[frame // 2] ^= 1  # frame 3 lies first in this shard
+    tmp = shard.with_name("new")
+    tmp.write_bytes(bytes(data))
+    os.replace(tmp, shard)
+    with pytest.raises(EgosynthError, match="checksum mismatch in frame 3 of the shard"):
+        ClipStore(path).clip("reversed").read(0, 4, ["rgb"])
+
+
+def test_a_forked_child_starts_with_no_shard_maps(holey_store: Path) -> None:
+    import multiprocessing
+
+    import egosynth.store as store_mod
+
+    ClipStore(holey_store).clip("holes").read(0, 10, ["rgb"])
+    assert len(store_mod._SHARD_MAPS._maps) > 0
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        assert pool.apply(_count_shard_maps) == 0
+
+
+def _count_shard_maps() -> int:
+    import egosynth.store as store_mod
+
+    return len(store_mod._SHARD_MAPS._maps)

@@ -407,10 +407,21 @@ class WindowReader:
             return h.clip.read(sel.start, sel.stop, [name])[name]
 
     def _read_into(
-        self, info: ClipInfo, h: _ClipHandle, name: str, start: int, dst: NDArray
+        self, info: ClipInfo, h: _ClipHandle, name: str, start: int, dst: NDArray, step: int = 1
     ) -> None:
-        with self._named_errors(info, name, start, start + len(dst)):
-            h.clip.read_into(name, start, dst)
+        with self._named_errors(info, name, start, start + (len(dst) - 1) * step + 1):
+            h.clip.read_into(name, start, dst, step)
+
+    def _read_window(
+        self, info: ClipInfo, h: _ClipHandle, name: str, start: int, skip: int, dst: NDArray
+    ) -> None:
+        """One window's frames of a frame-addressable array straight into its batch row."""
+        if self._eye == slice(0, 2):
+            self._read_into(info, h, name, start, dst, skip)
+            return
+        both = np.empty((len(dst), 2, *dst.shape[2:]), dst.dtype)  # frames hold both eyes
+        self._read_into(info, h, name, start, both, skip)
+        dst[...] = both[:, self._eye]
 
     def _whole(self, info: ClipInfo, h: _ClipHandle, name: str) -> NDArray:
         """A small array read whole once per clip (poses, time, gaze, intrinsics)."""
@@ -434,6 +445,9 @@ class WindowReader:
     ) -> Callable[[], None]:
         """Queue the decodes one clip's windows need (into `jobs`); return the copy step.
 
+        Arrays stored as raw frames (`Clip.frame_addressable`) are read window by window
+        straight into the batch: each frame is one copy out of the OS page cache, which is
+        the cache for them, as for a memmap.
         Windows that never overlap (stride >= span) and are whole chunks own those chunks:
         no other window of the epoch reads them, so they decode straight into the batch (no
         cache, no copy) - unless the cache can keep every chunk until the next epoch and this
@@ -442,6 +456,10 @@ class WindowReader:
         through the cache; missing chunks are decoded by the jobs, then the returned step
         copies each window's frames into `dst`.
         """
+        if h.clip.frame_addressable(name):
+            for row, s in zip(rows, starts, strict=True):
+                jobs.append(partial(self._read_window, info, h, name, s, spec.skip, dst[row]))
+            return lambda: None
         cf, t = self._chunk_frames(h, name), spec.length
         own = spec.stride >= spec.span and spec.skip == 1 and self._eye == slice(0, 2)
         direct = [own and s % cf == 0 and (t % cf == 0 or s + t == info.n_frames) for s in starts]
@@ -518,21 +536,41 @@ class WindowReader:
         return jobs
 
     def _run(self, jobs: list[Callable[[], None]]) -> None:
-        """Run a batch's decode jobs on the reader's decode threads.
+        """Run a batch's read and decode jobs on the reader's decode threads.
 
-        File reads and Blosc decompression release the GIL, so with several threads the
-        chunks of one batch decode in parallel. Even one decode thread beats decoding in the
-        main thread: there numcodecs hands each chunk to Blosc's own thread team, whose
-        hand-offs cost more than they save on ~1 MiB chunks (measured here: 273 us vs 155 us
-        for a 768 KiB rgb chunk), while in any other thread it decodes single-threaded. The
-        first failing job's error is raised (as if the jobs ran in order).
+        File reads, checksums and Blosc decompression release the GIL, so with several
+        threads the jobs of one batch run in parallel. Each thread takes the next job until
+        none is left: one hand-off per thread and batch, as waking a thread cost ~90 us here,
+        close to a whole window's read. Even one decode thread beats decoding in the main
+        thread: there numcodecs hands each chunk to Blosc's own thread team, whose hand-offs
+        cost more than they save on ~1 MiB chunks (measured here: 273 us vs 155 us for a
+        768 KiB rgb chunk), while in any other thread it decodes single-threaded. The first
+        failing job's error is raised (as if the jobs ran in order).
         """
         if not jobs:
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads(), thread_name_prefix="egosynth-decode")
-        for _ in self._pool.map(lambda job: job(), jobs):
-            pass
+        todo = iter(enumerate(jobs))
+        lock = threading.Lock()
+        failed: list[tuple[int, BaseException]] = []
+
+        def drain() -> None:
+            while True:
+                with lock:
+                    i, job = next(todo, (-1, None))
+                if job is None:
+                    return
+                try:
+                    job()
+                except BaseException as exc:  # re-raised below, in job order
+                    failed.append((i, exc))
+                    return  # later jobs of this thread's share go to the others
+
+        for future in [self._pool.submit(drain) for _ in range(min(self.threads(), len(jobs)))]:
+            future.result()
+        if failed:
+            raise min(failed, key=lambda f: f[0])[1]
 
     def threads(self) -> int:
         """Decode threads this reader uses (`decode_threads`, or the CPUs it may run on)."""
@@ -616,15 +654,17 @@ def list_clips(reader: WindowReader, source_ids: Sequence[int] | None = None) ->
 
 def decoded_bytes(reader: WindowReader, clips: Sequence[ClipInfo]) -> int:
     """Bytes of every decoded image chunk the reader's fields touch in `clips` (both eyes:
-    chunks are cached whole), from the layout of each store's first clip."""
+    chunks are cached whole), from the layout of each store's first clip. Arrays stored as
+    raw frames never enter the cache and count nothing."""
     per_frame: dict[int, int] = {}
     total = 0
     for c in clips:
         if c.source not in per_frame:
             clip = reader.store(c.source).clip(c.clip_id)
+            names = [n for n in reader.fields if n in IMAGE_FIELDS]
             per_frame[c.source] = sum(
                 int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
-                for shape, dtype in (clip.layout(n) for n in reader.fields if n in IMAGE_FIELDS)
+                for shape, dtype in (clip.layout(n) for n in names if not clip.frame_addressable(n))
             )
         total += per_frame[c.source] * c.n_frames
     return total

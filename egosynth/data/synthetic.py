@@ -75,8 +75,10 @@ def write_clip(
     frames_fn: Callable[[int, int, int, int, int], dict[str, NDArray]] = pattern_frames,
     between_batches: Callable[[], None] | None = None,
     clip_id: str | None = None,
+    rgb: str = "raw",
 ) -> str:
-    """Write clip number `k` (id `clip_id` or c0000k) batch by batch, then mark it complete."""
+    """Write clip number `k` (id `clip_id` or c0000k) batch by batch, then mark it complete
+    (`rgb`: the store's rgb layout, "raw" or "lz4")."""
     from egosynth.store import ClipWriter
 
     cid = clip_id or f"c{k:05d}"
@@ -88,6 +90,7 @@ def write_clip(
         width,
         {"scene": "synthetic", "seed": k, "fps": FPS},
         chunk_frames=chunk_frames,
+        rgb=rgb,
     )
     step = w.chunk_frames
     for t0 in range(0, n_frames, step):
@@ -110,6 +113,7 @@ def write_store(
     finalize: bool = True,
     delay_s: float = 0.0,
     frames_fn: Callable[[int, int, int, int, int], dict[str, NDArray]] = pattern_frames,
+    rgb: str = "raw",
 ) -> list[str]:
     """A store with one clip per entry of `lengths`; `delay_s` sleeps between frame batches."""
     from egosynth.store import finalize_store
@@ -117,7 +121,7 @@ def write_store(
     prepare(path)
     pause = (lambda: time.sleep(delay_s)) if delay_s > 0 else None
     ids = [
-        write_clip(path, k, n, height, width, chunk_frames, frames_fn, pause)
+        write_clip(path, k, n, height, width, chunk_frames, frames_fn, pause, rgb=rgb)
         for k, n in enumerate(lengths)
     ]
     if finalize:
