@@ -1,6 +1,7 @@
 """Read the same windows three ways, in one run, and print the rates and their ratios.
 
-(a) egosynth.data.WindowLoader over a clip store (Zarr, Blosc-lz4 + crc32c chunks),
+(a) egosynth.data.WindowLoader over a clip store (Zarr; rgb as the store writes it by default,
+    raw frames with a crc32c each, or with --rgb lz4 as Blosc-lz4 + crc32c chunks),
 (b) raw numpy memmaps of the same frames (no decoding: the upper bound),
 (c) mp4 files of the same frames (H.264, both eyes side by side), decoded with PyAV: for each
     window, seek to the keyframe before its first frame and decode forward.
@@ -19,8 +20,9 @@ As in training, each loader lives across epochs: epoch 0 starts cold (store not 
 empty cache, cache memory fresh from the OS), later epochs reuse what the cache kept. Per epoch
 the paths read that epoch's windows in turn; a row keeps the best of --repeat steady epochs
 (>= 1) of each path, "cold" is (a)/(b) in epoch 0 and "hits" the cache hit rate of the last
-epoch. With the default 256 MiB cache the decoded frames fit (steady epochs mostly copy from
-the cache); `--cache-mb 32` makes every epoch decode-bound.
+epoch. Raw rgb frames never enter the loader's cache (the page cache serves them, as for the
+memmap). With --rgb lz4 and the default 256 MiB cache the decoded frames fit (steady epochs
+mostly copy from the cache); `--cache-mb 32` then makes every epoch decode-bound.
 --chunk-frames and --clevel (0 = Blosc stores the bytes uncompressed) set the store's layout.
 """
 
@@ -213,7 +215,7 @@ def main() -> None:
         mp4_mb = sum(f.stat().st_size for f in mp4s) / 2**20
         print(
             f"{args.clips} clips x {args.frames} stereo frames {args.height}x{args.width}, "
-            f"Blosc lz4 clevel {args.clevel}, "
+            f"rgb {'raw frames' if args.rgb == 'raw' else f'Blosc lz4 clevel {args.clevel}'}, "
             f"rgb only; on disk: npy {rgb_mb:.0f} MiB, store {store_mb:.0f} MiB, mp4 "
             f"{mp4_mb:.1f} MiB. Windows of T={args.length}, skip {args.skip}, batch "
             f"{args.batch}, (seed 0, epoch 0) order, one process, cache {args.cache_mb} MiB."

@@ -322,52 +322,65 @@ class _Direct:
 
 @dataclass
 class _ShardState:
-    """One version of one shard file, memory-mapped, as a `_Frames` reader found it."""
+    """One version of one shard file, as a `_Frames` reader found it."""
 
     stamp: tuple[int, int, int, int]  # inode, size, mtime, ctime of the file
-    data: NDArray[np.uint8]  # the whole file, mapped read-only
     offsets: list[int] | None  # per frame (-1: not stored); None: back to back from 0
-    frames: NDArray[np.uint8] | None  # back to back: (frame, byte) view of the frames
     checked: int = 0  # bit i set: frame i's checksum matched
+    data: NDArray[np.uint8] | None = None  # the whole file mapped read-only, while mapped
 
 
-class _ShardMaps:
-    """The shard files a process has mapped, least recently used first, at most `limit`.
+class _ShardCache:
+    """What a process knows of the shard files it has read: per file version, where the frames
+    lie and which frames' checksums matched (the last `states` files, ~150 bytes each), and
+    memory maps of the last `maps` files read.
 
-    Why maps: a loader copies its frames out of the page cache as a numpy memmap would
-    (a read() into the batch was ~40 % slower here: the kernel's copy, page by page), and
-    a frame's checksum need be checked once per version of its file (see `_Frames`).
-    A replaced or rewritten file is noticed by its stat before each read and mapped anew;
+    Why maps: frames are copied out of the page cache as from a numpy memmap (a read() into
+    the batch was ~40 % slower here: the kernel copies page by page). Why remember checks: a
+    loader reads the same frames every epoch, and a crc32c costs ~0.65x a memcpy here (~21
+    GB/s), so each frame is checked once per version of its file. A replaced or rewritten file
+    is noticed by its stat before each read (new inode, size, mtime or ctime) and checked anew;
     egosynth's writers replace files (rename), never truncate them in place.
     """
 
-    def __init__(self, limit: int = 256) -> None:
-        self.limit = limit
+    def __init__(self, states: int = 1 << 16, maps: int = 1024) -> None:
+        self.limits = states, maps
         self.clear()
 
     def clear(self) -> None:
-        """Forget every map (also run in a forked child: the parent's lock may be held)."""
-        self._maps: OrderedDict[str, _ShardState] = OrderedDict()
+        """Forget everything (also run in a forked child: the parent's lock may be held)."""
+        self._states: OrderedDict[str, _ShardState] = OrderedDict()
+        self._mapped: OrderedDict[str, _ShardState] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, path: str, stamp: tuple[int, int, int, int]) -> _ShardState | None:
+        """The state of `path` if it is still the version `stamp`."""
         with self._lock:
-            state = self._maps.get(path)
+            state = self._states.get(path)
             if state is None or state.stamp != stamp:
                 return None
-            self._maps.move_to_end(path)
+            self._states.move_to_end(path)
             return state
 
     def put(self, path: str, state: _ShardState) -> None:
+        """Remember `state`, mapped (its `data` set): the oldest maps and states are dropped."""
         with self._lock:
-            self._maps[path] = state
-            self._maps.move_to_end(path)
-            while len(self._maps) > self.limit:
-                self._maps.popitem(last=False)  # unmapped once no reader holds its data
+            old = self._states.pop(path, None)
+            if old is not None and old is not state:
+                old.data = None
+                self._mapped.pop(path, None)
+            self._states[path] = self._mapped[path] = state
+            self._mapped.move_to_end(path)
+            while len(self._mapped) > self.limits[1]:
+                self._mapped.popitem(last=False)[1].data = None  # unmapped once unreferenced
+            while len(self._states) > self.limits[0]:
+                gone, dropped = self._states.popitem(last=False)
+                if self._mapped.pop(gone, None) is not None:
+                    dropped.data = None
 
 
-_SHARD_MAPS = _ShardMaps()  # at most 256 maps of ~1 MiB: page cache, shared, reclaimable
-os.register_at_fork(after_in_child=_SHARD_MAPS.clear)
+_SHARDS = _ShardCache()
+os.register_at_fork(after_in_child=_SHARDS.clear)
 
 
 @dataclass(frozen=True)
@@ -462,7 +475,7 @@ class _Frames:
 
     def _read_shard(self, s: int, frames: range, out: NDArray) -> None:
         """Frames `frames` (all in shard `s`) into `out`, each checked against its crc32c
-        unless already checked in the same version of the file."""
+        unless already checked in the same version of the file (see `_ShardCache`)."""
         key = self.key(s)
         path = f"{self.folder}/{key}"
         try:
@@ -470,15 +483,18 @@ class _Frames:
         except FileNotFoundError:
             out[...] = self.fill
             return
-        stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        state = _SHARD_MAPS.get(path, stamp) or self._map(path, key)
+        state = _SHARDS.get(path, (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        data = None if state is None else state.data
+        if data is None:
+            state, data = self._map(path, key, state)
         first = frames.start - s * self.shard
-        self._copy_frames(
-            state, key, range(first, first + len(frames) * frames.step, frames.step), out
-        )
+        local = range(first, first + len(frames) * frames.step, frames.step)
+        self._copy_frames(state, data, key, local, out)
 
-    def _map(self, path: str, key: str) -> _ShardState:
-        """Map a shard file and check its index (the file's stamp is taken from the open file)."""
+    def _map(
+        self, path: str, key: str, known: _ShardState | None
+    ) -> tuple[_ShardState, NDArray[np.uint8]]:
+        """Map a shard file; a version not `known` has its index checked first."""
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
             n = 16 * self.shard + _CRC_BYTES
@@ -487,15 +503,13 @@ class _Frames:
                     f"{key}: {st.st_size} bytes, too short for a shard of {self.shard}"
                 )
             data = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
-        offsets = self._offsets(data, key)
-        step = self.frame_bytes + _CRC_BYTES
-        frames = (
-            None if offsets is not None else data[: self.shard * step].reshape(self.shard, step)
-        )
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        state = _ShardState(stamp, data, offsets, frames)
-        _SHARD_MAPS.put(path, state)
-        return state
+        state = known if known is not None and known.stamp == stamp else None
+        if state is None:
+            state = _ShardState(stamp, self._offsets(data, key))
+        state.data = data
+        _SHARDS.put(path, state)
+        return state, data
 
     def _offsets(self, data: NDArray[np.uint8], key: str) -> list[int] | None:
         """Byte offset of each frame in the shard (-1: not stored), from its index after
@@ -517,11 +531,13 @@ class _Frames:
                 offsets.append(offset)
         return None if offsets == list(range(0, self.shard * step, step)) else offsets
 
-    def _copy_frames(self, state: _ShardState, key: str, local: range, out: NDArray) -> None:
-        """Copy the shard's frames `local` into `out` (one strided copy when the frames lie
-        back to back, the usual case), after checking each frame not yet checked in this
-        version of the file."""
-        fb, step, src = self.frame_bytes, self.frame_bytes + _CRC_BYTES, state.data
+    def _copy_frames(
+        self, state: _ShardState, src: NDArray[np.uint8], key: str, local: range, out: NDArray
+    ) -> None:
+        """Copy the shard's frames `local` from its map `src` into `out` (one strided copy
+        when the frames lie back to back, the usual case), after checking each frame not yet
+        checked in this version of the file."""
+        fb, step = self.frame_bytes, self.frame_bytes + _CRC_BYTES
         at = [f * step if state.offsets is None else state.offsets[f] for f in local]
         for q, f in enumerate(local):
             if at[q] < 0 or state.checked >> f & 1:
@@ -531,8 +547,9 @@ class _Frames:
                 raise _CorruptChunk(f"{key}: checksum mismatch in frame {f} of the shard")
             state.checked |= 1 << f
         flat = out.reshape(len(out), -1).view(np.uint8)
-        if state.frames is not None:
-            flat[...] = state.frames[local.start : local.stop : local.step, :fb]
+        if state.offsets is None:  # (frame, byte) view of the shard: one copy for all
+            frames = src[: self.shard * step].reshape(self.shard, step)
+            flat[...] = frames[local.start : local.stop : local.step, :fb]
             return
         for q, a in enumerate(at):
             if a < 0:
@@ -1032,8 +1049,8 @@ class Clip:
     """One clip of a store. Arrays are lazy zarr arrays; `read` loads a time range.
 
     `folder` is the clip's folder in a local store (None for URLs): `read` then decodes the
-    chunk files directly, with the same checksum verification as zarr, and nothing goes
-    through zarr until `group` or `array` is asked for.
+    chunk files directly, checksums verified (raw frames once per version of their file, see
+    `_ShardCache`), and nothing goes through zarr until `group` or `array` is asked for.
     """
 
     clip_id: str
@@ -1142,8 +1159,9 @@ class Clip:
     ) -> dict[str, NDArray]:
         """Frames [start, stop) of the per-frame arrays `names` (default: all), plus intrinsics.
 
-        Checksums are verified on every chunk read; a corrupt chunk raises EgosynthError
-        naming the clip and array.
+        Checksums are verified on every compressed chunk read, and on each raw frame's first
+        read in this process (again after its file changes); a corrupt chunk raises
+        EgosynthError naming the clip and array.
         """
         stop = self.n_frames if stop is None else stop
         if not 0 <= start <= stop <= self.n_frames:

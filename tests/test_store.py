@@ -594,7 +594,7 @@ def test_a_forked_child_starts_with_no_shard_maps(holey_store: Path) -> None:
     import egosynth.store as store_mod
 
     ClipStore(holey_store).clip("holes").read(0, 10, ["rgb"])
-    assert len(store_mod._SHARD_MAPS._maps) > 0
+    assert len(store_mod._SHARDS._mapped) > 0
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(1) as pool:
         assert pool.apply(_count_shard_maps) == 0
@@ -603,4 +603,28 @@ def test_a_forked_child_starts_with_no_shard_maps(holey_store: Path) -> None:
 def _count_shard_maps() -> int:
     import egosynth.store as store_mod
 
-    return len(store_mod._SHARD_MAPS._maps)
+    return len(store_mod._SHARDS._mapped)
+
+
+def test_unmapped_shards_keep_their_checks_until_forgotten(
+    holey_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import egosynth.store as store_mod
+
+    monkeypatch.setattr(store_mod, "_SHARDS", store_mod._ShardCache(states=2, maps=1))
+    calls = []
+    real = store_mod.crc32c.crc32c
+    monkeypatch.setattr(
+        store_mod.crc32c, "crc32c", lambda *a: calls.append(len(memoryview(a[0]))) or real(*a)
+    )
+    frame = 2 * 5 * 6 * 3
+    clip = ClipStore(holey_store).clip("reversed")
+    want = clip.read(0, 10, ["rgb"])["rgb"]  # shards 0, 1, 2: only shard 2 stays mapped
+    assert calls.count(frame) == 10
+    calls.clear()
+    np.testing.assert_array_equal(clip.read(8, 10, ["rgb"])["rgb"], want[8:])  # mapped
+    np.testing.assert_array_equal(clip.read(4, 8, ["rgb"])["rgb"], want[4:8])  # remapped
+    assert calls.count(frame) == 0  # states of shards 1 and 2 kept: checks remembered
+    np.testing.assert_array_equal(clip.read(0, 4, ["rgb"])["rgb"], want[:4])
+    assert calls.count(frame) == 4  # shard 0's state was dropped (limit 2): checked again
+    assert len(store_mod._SHARDS._mapped) == 1 and len(store_mod._SHARDS._states) == 2
