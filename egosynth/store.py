@@ -39,6 +39,7 @@ import json
 import math
 import mmap
 import os
+import resource
 import shutil
 import sys
 import threading
@@ -343,8 +344,8 @@ class _ShardCache:
     egosynth's writers replace files (rename), never truncate them in place.
     """
 
-    def __init__(self, states: int = 1 << 16, maps: int = 1024) -> None:
-        self.limits = states, maps
+    def __init__(self, states: int = 1 << 16, maps: int | None = None) -> None:
+        self.limits = states, maps if maps is not None else _map_limit()
         self.clear()
 
     def clear(self) -> None:
@@ -379,8 +380,16 @@ class _ShardCache:
                     dropped.data = None
 
 
+def _map_limit() -> int:
+    """Shard maps a process keeps: Python's mmap holds a file descriptor per map, so a quarter
+    of the open-file limit, at most 1024 (~1 GiB of the page cache mapped)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1024 if soft == resource.RLIM_INFINITY else max(16, min(1024, soft // 4))
+
+
 _SHARDS = _ShardCache()
-os.register_at_fork(after_in_child=_SHARDS.clear)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_SHARDS.clear)
 
 
 @dataclass(frozen=True)

@@ -609,7 +609,11 @@ def _count_shard_maps() -> int:
 def test_unmapped_shards_keep_their_checks_until_forgotten(
     holey_store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import os
+
     import egosynth.store as store_mod
+
+    assert 16 <= store_mod._map_limit() <= 1024
 
     monkeypatch.setattr(store_mod, "_SHARDS", store_mod._ShardCache(states=2, maps=1))
     calls = []
@@ -619,8 +623,10 @@ def test_unmapped_shards_keep_their_checks_until_forgotten(
     )
     frame = 2 * 5 * 6 * 3
     clip = ClipStore(holey_store).clip("reversed")
+    fds = len(os.listdir("/proc/self/fd"))
     want = clip.read(0, 10, ["rgb"])["rgb"]  # shards 0, 1, 2: only shard 2 stays mapped
     assert calls.count(frame) == 10
+    assert len(os.listdir("/proc/self/fd")) <= fds + 1  # a map holds a file descriptor
     calls.clear()
     np.testing.assert_array_equal(clip.read(8, 10, ["rgb"])["rgb"], want[8:])  # mapped
     np.testing.assert_array_equal(clip.read(4, 8, ["rgb"])["rgb"], want[4:8])  # remapped
