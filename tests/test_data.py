@@ -450,6 +450,29 @@ def test_live_mode_follows_a_writer_and_yields_only_complete_clips(
         loaders[0].load_state_dict(loaders[0].state_dict())
 
 
+def test_live_mode_opens_a_store_whose_zarr_json_appeared_mid_look(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The race: the first open fails (no zarr.json yet), the file appears before the loader
+    # looks. The store must count as started, not as "there but unreadable".
+    loader = WindowLoader(store, length=3, batch_size=2, live=True)
+    real = loader.reader.store
+    fails = iter([True])
+
+    def flaky(s: int):
+        if next(fails, False):
+            raise EgosynthError(f"{store}: is not a Zarr store (no zarr.json)")
+        return real(s)
+
+    monkeypatch.setattr(loader.reader, "store", flaky)
+    assert loader._started() == [0]
+    junk = tmp_path / "junk.zarr"
+    junk.mkdir()
+    (junk / "zarr.json").write_text("{}")  # there, and not a clip store: still an error
+    with pytest.raises(EgosynthError, match=r"junk\.zarr"):
+        WindowLoader(junk, length=3, batch_size=2, live=True)._started()
+
+
 # --------------------------------------------------------------------------- Ray Data
 @pytest.mark.ray
 @pytest.mark.slow

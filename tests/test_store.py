@@ -554,21 +554,28 @@ def test_stored_chunks_read_straight_into_the_buffer_and_are_checked(tmp_path: P
             ClipStore(path).clip("c").read(4, 8, ["depth"])
 
 
-def test_raw_frames_are_checked_once_per_version_of_their_file(
-    holey_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import os
-    import shutil
-
+@pytest.fixture
+def crc_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Byte counts of the crc32c computations egosynth.store makes from now on."""
     import egosynth.store as store_mod
 
-    path = tmp_path / "h.zarr"
-    shutil.copytree(holey_store, path)
-    calls = []
+    calls: list[int] = []
     real = store_mod.crc32c.crc32c
     monkeypatch.setattr(
         store_mod.crc32c, "crc32c", lambda *a: calls.append(len(memoryview(a[0]))) or real(*a)
     )
+    return calls
+
+
+def test_raw_frames_are_checked_once_per_version_of_their_file(
+    holey_store: Path, tmp_path: Path, crc_calls: list[int]
+) -> None:
+    import os
+    import shutil
+
+    path = tmp_path / "h.zarr"
+    shutil.copytree(holey_store, path)
+    calls = crc_calls
     frame = 2 * 5 * 6 * 3
     clip = ClipStore(path).clip("reversed")
     want = clip.read(0, 4, ["rgb"])["rgb"]
@@ -607,20 +614,15 @@ def _count_shard_maps() -> int:
 
 
 def test_unmapped_shards_keep_their_checks_until_forgotten(
-    holey_store: Path, monkeypatch: pytest.MonkeyPatch
+    holey_store: Path, monkeypatch: pytest.MonkeyPatch, crc_calls: list[int]
 ) -> None:
     import os
 
     import egosynth.store as store_mod
 
     assert 16 <= store_mod._map_limit() <= 1024
-
     monkeypatch.setattr(store_mod, "_SHARDS", store_mod._ShardCache(states=2, maps=1))
-    calls = []
-    real = store_mod.crc32c.crc32c
-    monkeypatch.setattr(
-        store_mod.crc32c, "crc32c", lambda *a: calls.append(len(memoryview(a[0]))) or real(*a)
-    )
+    calls = crc_calls
     frame = 2 * 5 * 6 * 3
     clip = ClipStore(holey_store).clip("reversed")
     fds = len(os.listdir("/proc/self/fd"))

@@ -900,9 +900,13 @@ class WindowLoader:
                 being_made = not local.exists() or (
                     local.is_dir() and not (local / "zarr.json").exists()
                 )
-                if "://" in path.removeprefix("file://") or not being_made:
-                    raise  # there, but not a readable clip store: a real error
-                continue
+                if "://" in path.removeprefix("file://"):
+                    raise
+                if being_made:
+                    continue
+                # zarr.json may have appeared between the failed open and the look: open
+                # again; failing now, it is there but not a readable clip store.
+                self.reader.store(s)
             out.append(s)
         return out
 
