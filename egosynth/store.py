@@ -333,8 +333,8 @@ class _ShardState:
 
 class _ShardCache:
     """What a process knows of the shard files it has read: per file version, where the frames
-    lie and which frames' checksums matched (the last `states` files, ~150 bytes each), and
-    memory maps of the last `maps` files read.
+    lie and which frames' checksums matched (the last `states` files read, ~150 bytes each),
+    and memory maps of the last `maps` files read.
 
     Why maps: frames are copied out of the page cache as from a numpy memmap (a read() into
     the batch was ~40 % slower here: the kernel copies page by page). Why remember checks: a
@@ -361,6 +361,8 @@ class _ShardCache:
             if state is None or state.stamp != stamp:
                 return None
             self._states.move_to_end(path)
+            if state.data is not None:
+                self._mapped.move_to_end(path)
             return state
 
     def put(self, path: str, state: _ShardState) -> None:

@@ -5,7 +5,8 @@ Three layers, each usable alone:
 * the window index and epoch plan (`WindowSpec`, `WindowIndex`, `epoch_order`,
   `shard_batches`): pure arithmetic over clip lengths, no I/O;
 * the reader (`WindowReader`): assembles batches of windows from stores through the store's
-  public reader API, with a byte-limited LRU cache of decoded chunks;
+  public reader API: raw rgb frames straight from the page cache into the batch, Blosc
+  chunks through a byte-limited LRU cache of decoded chunks;
 * the loader (`WindowLoader`): one shard's batches for an epoch, with `state_dict()` resume
   and a live mode that follows a store still being written.
 
