@@ -550,13 +550,8 @@ class _Frames:
         checked in this version of the file."""
         fb, step = self.frame_bytes, self.frame_bytes + _CRC_BYTES
         at = [f * step if state.offsets is None else state.offsets[f] for f in local]
-        for q, f in enumerate(local):
-            if at[q] < 0 or state.checked >> f & 1:
-                continue
-            frame, crc = src[at[q] : at[q] + fb], src[at[q] + fb : at[q] + step]
-            if crc32c.crc32c(frame) != int.from_bytes(crc, "little"):
-                raise _CorruptChunk(f"{key}: checksum mismatch in frame {f} of the shard")
-            state.checked |= 1 << f
+        if state.checked != (1 << self.shard) - 1:  # else (steady state) nothing to check
+            self._check(state, src, key, local, at)
         flat = out.reshape(len(out), -1).view(np.uint8)
         if state.offsets is None:  # (frame, byte) view of the shard: one copy for all
             frames = src[: self.shard * step].reshape(self.shard, step)
@@ -567,6 +562,18 @@ class _Frames:
                 out[q] = self.fill
             else:
                 flat[q] = src[a : a + fb]
+
+    def _check(
+        self, state: _ShardState, src: NDArray[np.uint8], key: str, local: range, at: list[int]
+    ) -> None:
+        """Check the crc32c of frames `local` (at byte offsets `at`) not checked yet."""
+        fb = self.frame_bytes
+        for f, a in zip(local, at, strict=True):
+            if a < 0 or state.checked >> f & 1:
+                continue
+            if crc32c.crc32c(src[a : a + fb]) != int.from_bytes(src[a + fb : a + fb + 4], "little"):
+                raise _CorruptChunk(f"{key}: checksum mismatch in frame {f} of the shard")
+            state.checked |= 1 << f
 
     def write(self, start: int, data: NDArray, made: set[Path]) -> None:
         """Write rows [start, start + len(data)): shard-aligned, ending on a shard boundary or
