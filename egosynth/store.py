@@ -1117,6 +1117,15 @@ class Clip:
         d = self._direct_reader(name)
         return d.chunks[0] if d is not None else int(self.array(name).chunks[0])
 
+    def codec(self, name: str) -> str:
+        """How array `name` is stored, in a word: "raw" (frames with a checksum each) or the
+        Blosc compressor's name (e.g. "lz4"), from the array's metadata."""
+        arr = self.array(name)
+        if arr.shards is not None:
+            return "raw"
+        blosc = [c for c in arr.compressors if isinstance(c, zarr.codecs.BloscCodec)]
+        return blosc[0].cname.value if blosc else "other"
+
     def frame_addressable(self, name: str) -> bool:
         """Whether array `name` is stored as raw frames with a checksum each and read
         directly: reading any frames then costs those frames alone (one copy each out of the

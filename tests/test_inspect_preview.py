@@ -36,7 +36,7 @@ def test_inspect_table_lists_every_clip(store: Path, capsys: pytest.CaptureFixtu
     for cid in ids:
         line = next(ln for ln in out.splitlines() if ln.startswith(cid))
         assert line.split()[1] == cid.rsplit("-", 1)[0]  # scene
-        assert line.split()[2] == "12" and line.split()[-1] == "complete"
+        assert line.split()[2] == "12" and line.split()[-2:] == ["raw", "complete"]
         assert "32x24" in line and " KB" in line
     assert f"{len(ids)}/{len(ids)} clips complete, {12 * len(ids)} stereo frames" in out
 

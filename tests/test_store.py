@@ -95,6 +95,8 @@ def test_layout_codecs_and_time_chunking(store: Path) -> None:
     assert rgb.shards == (CHUNK, 2, 24, 32, 3) and rgb.chunks == (1, 2, 24, 32, 3)
     assert [type(c).__name__ for c in rgb.compressors] == ["Crc32cCodec"]
     assert depth.shards is None and depth.chunks == (CHUNK, 2, 24, 32)
+    ours = ClipStore(store).clip(clip.basename)
+    assert ours.codec("rgb") == "raw" and ours.codec("depth") == "lz4"
     names = [type(c).__name__ for c in depth.compressors]
     assert names == ["BloscCodec", "Crc32cCodec"] and depth.compressors[0].cname.value == "lz4"
     assert clip["depth"].metadata.dimension_names == ("time", "eye", "y", "x")

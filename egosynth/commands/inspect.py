@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +30,14 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
+def _rgb_codec(clip: Any) -> str:  # an egosynth.store.Clip
+    """rgb's layout ("raw" frames or "lz4" chunks); "-" while a writer has not made it yet."""
+    try:
+        return clip.codec("rgb")
+    except KeyError:
+        return "-"
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -41,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         f"{args.store}: schema {a.get('schema_version')}, set {a.get('set_name')!r}, "
         f"fingerprint {a.get('fingerprint')}, store_status {a.get('store_status')}"
     )
-    rows = [("clip", "scene", "frames", "size", "WxH", "fps", "status")]
+    rows = [("clip", "scene", "frames", "size", "WxH", "fps", "rgb", "status")]
     total_frames, total_bytes, n_complete = 0, 0, 0
     for cid in ids:
         clip = store.clip(cid, allow_incomplete=True)
@@ -59,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
                 _size(nbytes),
                 f"{c.get('width', '?')}x{c.get('height', '?')}",
                 f"{c.get('fps', '?')}",
+                _rgb_codec(clip),
                 str(c.get("status", "?")),
             )
         )
