@@ -638,3 +638,11 @@ def test_unmapped_shards_keep_their_checks_until_forgotten(
     np.testing.assert_array_equal(clip.read(0, 4, ["rgb"])["rgb"], want[:4])
     assert calls.count(frame) == 4  # shard 0's state was dropped (limit 2): checked again
     assert len(store_mod._SHARDS._mapped) == 1 and len(store_mod._SHARDS._states) == 2
+
+
+def test_unknown_rgb_layout_is_a_one_line_error_and_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "s.zarr"
+    prepare_store(path, "fp", {})
+    with pytest.raises(EgosynthError, match=r"s\.zarr: rgb layout 'png': must be one of"):
+        ClipWriter(path, "c", 4, 5, 6, {"scene": "s"}, rgb="png")
+    assert not (path / "clips" / "c").exists()
