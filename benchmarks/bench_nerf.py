@@ -54,9 +54,15 @@ def main() -> None:
     n_rays = len(c2w) * w * h
     t_ours, t_ref = [], []
     for _ in range(args.repeats):  # interleaved so both see the same machine load
-        sync(); t0 = time.perf_counter(); ours = r.render_raw(c2w, K, w, h); sync()  # noqa: E702
+        sync()
+        t0 = time.perf_counter()
+        ours = r.render_raw(c2w, K, w, h)
+        sync()
         t_ours.append(time.perf_counter() - t0)
-        sync(); t0 = time.perf_counter(); ref = r.render_reference(c2w, K, w, h); sync()  # noqa: E702
+        sync()
+        t0 = time.perf_counter()
+        ref = r.render_reference(c2w, K, w, h)
+        sync()
         t_ref.append(time.perf_counter() - t0)
     a, b = n_rays / min(t_ours), n_rays / min(t_ref)
     diff = np.abs(ours["distance"] - ref["distance"])

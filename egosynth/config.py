@@ -228,9 +228,7 @@ class MotionConfig(StrictModel):
     min_goal_distance_m: Annotated[float, Field(ge=0.0)] = 1.0
     accel_mps2: PositiveFloat = 1.0
 
-    _presets = model_validator(mode="before")(
-        classmethod(lambda cls, d: _fill_preset(d, "motion"))
-    )
+    _presets = model_validator(mode="before")(classmethod(lambda cls, d: _fill_preset(d, "motion")))
 
     @field_validator("walk_speed_mps", "pause_seconds")
     @classmethod

@@ -188,8 +188,7 @@ def run_pipeline(
                 continue
             _discard_stale(st.marker, st.outputs, workdir, log)
             log(f"[{st.name}] egosynth {st.command} {' '.join(st.args)}")
-            running[st.name] = (st, _launch(st, workdir if jobs > 1 else None),
-                                time.perf_counter())
+            running[st.name] = (st, _launch(st, workdir if jobs > 1 else None), time.perf_counter())
         if not running:
             if pending and not failure:
                 continue  # stages became ready through skips: schedule them
@@ -231,8 +230,9 @@ def _finish(st: _Planned, rc: int, seconds: float, logged: bool, workdir: Path) 
         return f"stage {st.name!r} did not write {', '.join(missing)}{where}"
     st.marker.parent.mkdir(parents=True, exist_ok=True)
     tmp = st.marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"fingerprint": st.fingerprint, "seconds": seconds, **st.key},
-                              indent=1))
+    tmp.write_text(
+        json.dumps({"fingerprint": st.fingerprint, "seconds": seconds, **st.key}, indent=1)
+    )
     tmp.replace(st.marker)  # atomic: a stage is done only once its marker is complete
     return None
 

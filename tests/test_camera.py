@@ -53,8 +53,11 @@ def test_opencv_axes_golden() -> None:
     assert uv[0] > 50 and uv[1] > 50 and math.isclose(z, 5.0)
 
 
-@given(seed=st.integers(0, 10_000), uv=arrays(float, (7, 2), elements=st.floats(0, 64)),
-       depth=arrays(float, 7, elements=st.floats(0.05, 50)))
+@given(
+    seed=st.integers(0, 10_000),
+    uv=arrays(float, (7, 2), elements=st.floats(0, 64)),
+    depth=arrays(float, 7, elements=st.floats(0.05, 50)),
+)
 def test_project_unproject_roundtrip(seed: int, uv: np.ndarray, depth: np.ndarray) -> None:
     K = camera.intrinsics_from_fov(64, 48, 60.0)
     T = random_pose(seed)

@@ -201,8 +201,23 @@ def test_cli_capture_and_preview(tmp_path: Path) -> None:
     meta = json.loads((out / "transforms.json").read_text())
     assert len(meta["frames"]) == 3 and not (out / "instance").exists()
     png = tmp_path / "sheet.png"
-    assert main(["scenes", "preview", str(ROOM_1), "--out", str(png), "--views", "2",
-                 "--size", "40", "30"]) == 0
+    assert (
+        main(
+            [
+                "scenes",
+                "preview",
+                str(ROOM_1),
+                "--out",
+                str(png),
+                "--views",
+                "2",
+                "--size",
+                "40",
+                "30",
+            ]
+        )
+        == 0
+    )
     assert iio.imread(png).shape == (2 * 30, 4 * 40, 3)  # rows: views; rgb|depth|inst|part
 
 

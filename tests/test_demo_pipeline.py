@@ -17,8 +17,12 @@ pytestmark = pytest.mark.slow
 
 def test_demo_pipeline_tiny_then_rerun_skips(tmp_path: Path) -> None:
     overrides = {
-        "workdir": str(tmp_path / "demo"), "set": str(DEFAULT_SCENE_SET), "clips": "2",
-        "seconds": "4", "steps": "2", "baseline_steps": "2",
+        "workdir": str(tmp_path / "demo"),
+        "set": str(DEFAULT_SCENE_SET),
+        "clips": "2",
+        "seconds": "4",
+        "steps": "2",
+        "baseline_steps": "2",
     }
     results = run_pipeline(DEMO_PIPELINE, overrides, log=lambda *_: None, jobs=2)
     pipe = load_pipeline(DEMO_PIPELINE, overrides)

@@ -34,20 +34,37 @@ def scenes(draw: st.DrawFn) -> SceneConfig:
         ox, oy = draw(st.floats(0, w - ow)), draw(st.floats(0, h - oh))
         obstacles.append({"polygon": rect(ox, oy, ow, oh)})
     objects = [
-        {"name": f"o{i}", "category": "thing", "extents": [0.3, 0.3, 0.3],
-         "center": [draw(st.floats(0.2, w - 0.2)), draw(st.floats(0.2, h - 0.2)),
-                    draw(st.floats(0.1, 1.5))]}
+        {
+            "name": f"o{i}",
+            "category": "thing",
+            "extents": [0.3, 0.3, 0.3],
+            "center": [
+                draw(st.floats(0.2, w - 0.2)),
+                draw(st.floats(0.2, h - 0.2)),
+                draw(st.floats(0.1, 1.5)),
+            ],
+        }
         for i in range(draw(st.integers(0, 4)))
     ]
     return SceneConfig.model_validate(
-        {"name": "r", "backend": "mesh", "procedural": {}, "floor": floor,
-         "obstacles": obstacles, "objects": objects}
+        {
+            "name": "r",
+            "backend": "mesh",
+            "procedural": {},
+            "floor": floor,
+            "obstacles": obstacles,
+            "objects": objects,
+        }
     )
 
 
 RIGS = st.sampled_from(
-    [RigConfig(), RigConfig(preset="toddler"), RigConfig(eyes="verging"),
-     RigConfig(preset="toddler", eyes="verging", hfov_deg=60)]
+    [
+        RigConfig(),
+        RigConfig(preset="toddler"),
+        RigConfig(eyes="verging"),
+        RigConfig(preset="toddler", eyes="verging", hfov_deg=60),
+    ]
 )
 
 
@@ -84,10 +101,15 @@ def test_eyes_ipd_apart_and_level(scene: SceneConfig, rig: RigConfig, seed: int)
 
 
 @PROPS
-@given(scene=scenes(), rig=RIGS, seed=st.integers(0, 2**32),
-       preset=st.sampled_from(["adult", "toddler"]))
-def test_height_speed_and_walkable(scene: SceneConfig, rig: RigConfig, seed: int,
-                                   preset: str) -> None:
+@given(
+    scene=scenes(),
+    rig=RIGS,
+    seed=st.integers(0, 2**32),
+    preset=st.sampled_from(["adult", "toddler"]),
+)
+def test_height_speed_and_walkable(
+    scene: SceneConfig, rig: RigConfig, seed: int, preset: str
+) -> None:
     motion, tr = make(scene, rig, seed, preset)
     z = tr.head_to_world[:, 2, 3]
     assert np.all(np.abs(z - rig.eye_height_m) <= motion.bob_amplitude_m + 1e-12)
@@ -123,10 +145,16 @@ def test_head_speed_bounded_and_fixations_on_axis(
 
 def test_same_seed_same_bytes_different_seed_differs() -> None:
     scene = SceneConfig.model_validate(
-        {"name": "r", "backend": "mesh", "procedural": {}, "floor": rect(0, 0, 6, 5),
-         "obstacles": [{"polygon": rect(2, 2, 1, 1)}],
-         "objects": [{"name": "a", "category": "c", "center": [1, 4, 0.3],
-                      "extents": [0.3, 0.3, 0.3]}]}
+        {
+            "name": "r",
+            "backend": "mesh",
+            "procedural": {},
+            "floor": rect(0, 0, 6, 5),
+            "obstacles": [{"polygon": rect(2, 2, 1, 1)}],
+            "objects": [
+                {"name": "a", "category": "c", "center": [1, 4, 0.3], "extents": [0.3, 0.3, 0.3]}
+            ],
+        }
     )
     a = generate_trajectory(scene, RigConfig(), MotionConfig(), 80, 10.0, 7).arrays()
     b = generate_trajectory(scene, RigConfig(), MotionConfig(), 80, 10.0, 7).arrays()
@@ -138,9 +166,21 @@ def test_same_seed_same_bytes_different_seed_differs() -> None:
 def test_fixations_happen_and_walker_moves() -> None:
     """The model is not trivially still: over a long clip it walks, pauses and fixates."""
     scene = SceneConfig.model_validate(
-        {"name": "r", "backend": "mesh", "procedural": {}, "floor": rect(0, 0, 8, 6),
-         "objects": [{"name": f"o{i}", "category": "c", "center": [1 + 2 * i, 3, 0.5],
-                      "extents": [0.3, 0.3, 0.3]} for i in range(3)]}
+        {
+            "name": "r",
+            "backend": "mesh",
+            "procedural": {},
+            "floor": rect(0, 0, 8, 6),
+            "objects": [
+                {
+                    "name": f"o{i}",
+                    "category": "c",
+                    "center": [1 + 2 * i, 3, 0.5],
+                    "extents": [0.3, 0.3, 0.3],
+                }
+                for i in range(3)
+            ],
+        }
     )
     tr = generate_trajectory(scene, RigConfig(), MotionConfig(), 600, 10.0, 3)
     assert (tr.fixation_object >= 0).mean() > 0.1

@@ -147,7 +147,7 @@ def test_nerfstudio_rays_match_the_conversion(tiny_bundle: Path) -> None:
     d_cam = np.array([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], 1.0])
     dist = z * np.linalg.norm(d_cam) * k
     o, d = rays.origins.double().numpy()[0], rays.directions.double().numpy()[0]
-    want = (model_from_scene(r.bundle.meta) @ np.linalg.inv(r.world_from_scene) @ np.append(X, 1))
+    want = model_from_scene(r.bundle.meta) @ np.linalg.inv(r.world_from_scene) @ np.append(X, 1)
     np.testing.assert_allclose(o + d * dist, want[:3], atol=1e-5)
 
 

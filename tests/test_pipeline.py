@@ -15,19 +15,28 @@ from egosynth.pipeline import run_pipeline
 
 def write(tmp: Path, stages: dict, vars: dict | None = None) -> Path:
     p = tmp / "pipe.yaml"
-    doc = {"name": "t", "workdir": str(tmp / "work"), "vars": vars or {"clips": 1},
-           "stages": stages}
+    doc = {
+        "name": "t",
+        "workdir": str(tmp / "work"),
+        "vars": vars or {"clips": 1},
+        "stages": stages,
+    }
     p.write_text(yaml.safe_dump(doc))
     return p
 
 
 STAGES = {
-    "b": {"command": "trajectory", "needs": ["a"],
-          "args": [str(DEFAULT_SCENE_SET), "--clips", "{clips}", "--out", "{workdir}/b.npz"],
-          "outputs": ["{workdir}/b.npz"]},
-    "a": {"command": "trajectory",
-          "args": [str(DEFAULT_SCENE_SET), "--clips", "{clips}", "--out", "{workdir}/a.npz"],
-          "outputs": ["{workdir}/a.npz"]},
+    "b": {
+        "command": "trajectory",
+        "needs": ["a"],
+        "args": [str(DEFAULT_SCENE_SET), "--clips", "{clips}", "--out", "{workdir}/b.npz"],
+        "outputs": ["{workdir}/b.npz"],
+    },
+    "a": {
+        "command": "trajectory",
+        "args": [str(DEFAULT_SCENE_SET), "--clips", "{clips}", "--out", "{workdir}/a.npz"],
+        "outputs": ["{workdir}/a.npz"],
+    },
 }
 
 
@@ -61,8 +70,13 @@ def test_failing_stage_is_one_line_error_and_not_marked_done(tmp_path: Path) -> 
     [
         ({"a": {"command": "teleport"}}, "stages.a.command"),
         ({"a": {"command": "trajectory", "needs": ["zz"]}}, "stages"),
-        ({"a": {"command": "trajectory", "needs": ["b"]},
-          "b": {"command": "trajectory", "needs": ["a"]}}, "cycle"),
+        (
+            {
+                "a": {"command": "trajectory", "needs": ["b"]},
+                "b": {"command": "trajectory", "needs": ["a"]},
+            },
+            "cycle",
+        ),
         ({"a": {"command": "trajectory", "args": ["{nope}"]}}, "stages.a.args"),
     ],
 )
@@ -95,8 +109,14 @@ def test_changed_stage_replaces_outputs_it_owns_but_keeps_partial_ones(tmp_path:
 
 
 def test_parallel_jobs_give_the_same_results_and_log_per_stage(tmp_path: Path) -> None:
-    stages = {**STAGES, "c": {**STAGES["a"], "args": [*STAGES["a"]["args"][:-1], "{workdir}/c.npz"],
-                              "outputs": ["{workdir}/c.npz"]}}
+    stages = {
+        **STAGES,
+        "c": {
+            **STAGES["a"],
+            "args": [*STAGES["a"]["args"][:-1], "{workdir}/c.npz"],
+            "outputs": ["{workdir}/c.npz"],
+        },
+    }
     p = write(tmp_path, stages)
     res = run_pipeline(p, jobs=2, log=lambda *_: None)
     assert [r.name for r in res] == ["a", "b", "c"] and {r.status for r in res} == {"ran"}
@@ -107,8 +127,10 @@ def test_parallel_jobs_give_the_same_results_and_log_per_stage(tmp_path: Path) -
 
 
 def test_parallel_failure_stops_and_names_the_log(tmp_path: Path) -> None:
-    stages = {"a": {"command": "trajectory", "args": ["missing.yaml", "--out", "{workdir}/a"]},
-              "b": STAGES["a"] | {"needs": ["a"]}}
+    stages = {
+        "a": {"command": "trajectory", "args": ["missing.yaml", "--out", "{workdir}/a"]},
+        "b": STAGES["a"] | {"needs": ["a"]},
+    }
     p = write(tmp_path, stages)
     with pytest.raises(EgosynthError, match=r"stage 'a'.*log: .*a\.log"):
         run_pipeline(p, jobs=2, log=lambda *_: None)

@@ -86,9 +86,13 @@ def test_layout_invariants(seed: int, index: int, shortcut: float) -> None:
         assert any(fp.symmetric_difference(ob).area < 0.005 * fp.area for ob in obstacles)
         # parts lie inside the object's box
         for part in o.parts:
-            corners = np.array(part.center) + np.array(part.extents) / 2 * np.array(
-                [[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]
-            ) @ part.world_from_box()[:3, :3].T
+            corners = (
+                np.array(part.center)
+                + np.array(part.extents)
+                / 2
+                * np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+                @ part.world_from_box()[:3, :3].T
+            )
             assert o.contains(corners, margin=1e-3).all()
     for i in range(len(fps)):
         for j in range(i + 1, len(fps)):
@@ -108,8 +112,11 @@ def test_sibling_categories_differ_only_in_the_diagnostic_part(family: str) -> N
     a, b = object_pieces(a_cat, 0.7, color), object_pieces(b_cat, 0.7, color)
 
     def geometry(pieces, keep):
-        return [(p.part, p.material, np.asarray(p.mesh.vertices).round(9).tobytes())
-                for p in pieces if keep(p.part)]
+        return [
+            (p.part, p.material, np.asarray(p.mesh.vertices).round(9).tobytes())
+            for p in pieces
+            if keep(p.part)
+        ]
 
     assert geometry(a, lambda n: n != diag) == geometry(b, lambda n: n != diag)
     assert geometry(a, lambda n: n == diag) != geometry(b, lambda n: n == diag)

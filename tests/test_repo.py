@@ -17,6 +17,7 @@ def test_ci_runs_the_readme_test_command() -> None:
     readme = _command_lines((ROOT / "README.md").read_text())
     assert len(ci) == 1 and ci <= readme, (ci, readme)
     assert "pytest" in next(iter(ci)) and "ruff check" in next(iter(ci))
+    assert "ruff format --check" in next(iter(ci))
 
 
 def test_dockerfiles_lint_clean() -> None:

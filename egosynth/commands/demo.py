@@ -36,9 +36,11 @@ def run(args: argparse.Namespace) -> int:
     results = run_pipeline(DEMO_PIPELINE, overrides, force=args.force, jobs=args.jobs)
     workdir = Path(pipeline_env(load_pipeline(DEMO_PIPELINE, overrides), DEMO_PIPELINE)["workdir"])
     report = workdir / "eval" / "report.json"
-    print(f"\negosynth demo finished in {time.perf_counter() - t0:.0f} s "
-          f"({sum(r.status == 'ran' for r in results)} stages ran, "
-          f"{sum(r.status == 'skipped' for r in results)} cached)\n")
+    print(
+        f"\negosynth demo finished in {time.perf_counter() - t0:.0f} s "
+        f"({sum(r.status == 'ran' for r in results)} stages ran, "
+        f"{sum(r.status == 'skipped' for r in results)} cached)\n"
+    )
     if report.is_file():
         from egosynth.eval.report import format_table
 

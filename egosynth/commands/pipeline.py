@@ -24,12 +24,21 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     """--set, --force and --jobs: shared by `pipeline run` and `demo`."""
     import os
 
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a pipeline variable (repeatable), e.g. --set steps=20")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a pipeline variable (repeatable), e.g. --set steps=20",
+    )
     p.add_argument("--force", action="store_true", help="rerun every stage")
-    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                   help="stages to run at once (default: CPU count); with more than 1, each "
-                   "stage's output goes to <workdir>/logs/<stage>.log")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="stages to run at once (default: CPU count); with more than 1, each "
+        "stage's output goes to <workdir>/logs/<stage>.log",
+    )
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:

@@ -23,7 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("config", type=Path, help="generator config YAML")
     g.add_argument(
-        "--out", type=Path, default=None,
+        "--out",
+        type=Path,
+        default=None,
         help="output folder (default: ../scenes beside a config in a 'procedural' folder, "
         "else the config's folder)",
     )
@@ -99,8 +101,13 @@ def run_capture(args: argparse.Namespace) -> int:
 
     scene = _load_mesh_scene(args.scene)
     settings = CaptureSettings(
-        n_views=args.views, width=args.size[0], height=args.size[1], hfov_deg=args.hfov,
-        seed=args.seed, depth=not args.no_depth, masks=not args.no_masks,
+        n_views=args.views,
+        width=args.size[0],
+        height=args.size[1],
+        hfov_deg=args.hfov,
+        seed=args.seed,
+        depth=not args.no_depth,
+        masks=not args.no_masks,
     )
     path = write_capture(scene, args.out, settings)
     print(f"wrote {settings.n_views} views of {scene.name} to {path.parent} ({path.name})")

@@ -40,8 +40,14 @@ def plot_scene_trajectories(
             ray = tip - xy[i]
             ray *= min(1.0, 0.8 / max(np.linalg.norm(ray), 1e-9))
             ls = "-" if tr.fixation_object[i] >= 0 else ":"
-            ax.plot([xy[i, 0], xy[i, 0] + ray[0]], [xy[i, 1], xy[i, 1] + ray[1]],
-                    ls, color=c, lw=0.7, alpha=0.8)
+            ax.plot(
+                [xy[i, 0], xy[i, 0] + ray[0]],
+                [xy[i, 1], xy[i, 1] + ray[1]],
+                ls,
+                color=c,
+                lw=0.7,
+                alpha=0.8,
+            )
     ax.set_aspect("equal")
     ax.autoscale_view()
     ax.set_xlabel("x (m)")

@@ -127,9 +127,7 @@ def _plan_body(
     return segments
 
 
-def _pick_goal(
-    plan: FloorPlan, pos: NDArray, min_dist: float, rng: np.random.Generator
-) -> NDArray:
+def _pick_goal(plan: FloorPlan, pos: NDArray, min_dist: float, rng: np.random.Generator) -> NDArray:
     best, best_d = pos, -1.0
     for _ in range(30):
         g = plan.sample_point(rng)

@@ -68,9 +68,7 @@ class MeshBuilder:
         """Index of `mat` in the table (identical materials share one entry)."""
         return self._materials.setdefault(mat, len(self._materials))
 
-    def add(
-        self, mesh: trimesh.Trimesh, mat: Material, instance: int = 0, part: int = 0
-    ) -> None:
+    def add(self, mesh: trimesh.Trimesh, mat: Material, instance: int = 0, part: int = 0) -> None:
         """Add one piece; its faces get the given material, instance id and part id."""
         f = np.asarray(mesh.faces, np.int64)
         self._verts.append(np.asarray(mesh.vertices, np.float64))
@@ -153,9 +151,7 @@ class MeshRenderer:
             t[hit] = np.einsum("ij,ij->i", n, v0 - o) / np.einsum("ij,ij->i", n, d)
         return tri, t
 
-    def _shade(
-        self, tri: NDArray[np.int64], points: NDArray, dirs: NDArray
-    ) -> NDArray[np.float64]:
+    def _shade(self, tri: NDArray[np.int64], points: NDArray, dirs: NDArray) -> NDArray[np.float64]:
         rgb = np.empty((len(tri), 3))
         mat_ids = self.mesh.face_material[tri]
         # group hits by material once (sorting beats one boolean mask per material)

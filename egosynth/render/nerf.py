@@ -321,9 +321,7 @@ def fast_hash_grids(model: Any) -> Iterator[None]:
 
     from nerfstudio.field_components.encodings import HashEncoding
 
-    grids = [
-        m for m in model.modules() if isinstance(m, HashEncoding) and m.tcnn_encoding is None
-    ]
+    grids = [m for m in model.modules() if isinstance(m, HashEncoding) and m.tcnn_encoding is None]
     for g in grids:
         g.pytorch_fwd = types.MethodType(_hash_grid_fwd, g)
     try:

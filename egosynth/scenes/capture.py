@@ -106,8 +106,9 @@ def sample_views(
         if not aim_object:
             yaw = rng.uniform(-math.pi, math.pi)
             pitch = math.radians(rng.uniform(*settings.pitch_deg))
-            target = eye + np.array([math.cos(yaw) * math.cos(pitch),
-                                     math.sin(yaw) * math.cos(pitch), math.sin(pitch)])
+            target = eye + np.array(
+                [math.cos(yaw) * math.cos(pitch), math.sin(yaw) * math.cos(pitch), math.sin(pitch)]
+            )
         poses.append(look_at(eye, target))
     K = intrinsics_from_fov(settings.width, settings.height, settings.hfov_deg)
     return np.array(poses), K
@@ -169,8 +170,10 @@ def write_capture(
 
     c2w, K = sample_views(scene, settings)
     renderer = renderer or open_renderer(scene)
-    dirs = ["images"] + (["depth"] if settings.depth else []) + (
-        ["instance", "part"] if settings.masks else []
+    dirs = (
+        ["images"]
+        + (["depth"] if settings.depth else [])
+        + (["instance", "part"] if settings.masks else [])
     )
     try:
         for d in dirs:
@@ -194,8 +197,12 @@ def write_capture(
     meta = transforms_json(c2w, K, settings)
     (out / "transforms.json").write_text(json.dumps(meta, indent=1) + "\n")
     labels = [
-        {"instance_id": lab.instance_id, "name": lab.name, "category": lab.category,
-         "parts": {str(k): v for k, v in lab.parts.items()}}
+        {
+            "instance_id": lab.instance_id,
+            "name": lab.name,
+            "category": lab.category,
+            "parts": {str(k): v for k, v in lab.parts.items()},
+        }
         for lab in renderer.labels()
     ]
     (out / "labels.json").write_text(json.dumps(labels, indent=1) + "\n")

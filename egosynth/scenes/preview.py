@@ -51,7 +51,11 @@ def contact_sheet(frames: Frames, max_depth_m: float) -> NDArray[np.uint8]:
 
 
 def write_preview(
-    scene: SceneConfig, out: Path, n_views: int = 6, width: int = 192, height: int = 144,
+    scene: SceneConfig,
+    out: Path,
+    n_views: int = 6,
+    width: int = 192,
+    height: int = 144,
     seed: int = 0,
 ) -> tuple[Path, list[Label]]:
     """Render `n_views` capture-style views of `scene` and write the contact sheet PNG."""
