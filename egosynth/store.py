@@ -365,6 +365,15 @@ class _ShardCache:
                 self._mapped.move_to_end(path)
             return state
 
+    def forget(self, folder: str | Path) -> None:
+        """Drop what is known of the files under `folder` (about to be deleted: a map would
+        keep a deleted file's disk space in use)."""
+        prefix = f"{Path(folder).absolute()}/"
+        with self._lock:
+            for path in [p for p in self._states if p.startswith(prefix)]:
+                self._states.pop(path).data = None
+                self._mapped.pop(path, None)
+
     def put(self, path: str, state: _ShardState) -> None:
         """Remember `state`, mapped (its `data` set): the oldest maps and states are dropped."""
         with self._lock:
@@ -451,7 +460,9 @@ class _Frames:
                 return None
             if inner != (1, *shape[1:]):
                 return None
-            return cls(folder, shape, shards[0], dtype, np.array(md["fill_value"], dtype))
+            # absolute: the shard cache's keys must not depend on how the store was named
+            fill = np.array(md["fill_value"], dtype)
+            return cls(folder.absolute(), shape, shards[0], dtype, fill)
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
 
@@ -777,6 +788,7 @@ def writer_lock(path: str | Path) -> Iterator[None]:
 def _remove_store(path: str | Path) -> None:
     local = _local(path)
     if local is not None:
+        _SHARDS.forget(local)
         # Empty the folder but keep it: its inode carries the writer lock (writer_lock).
         for child in local.iterdir():
             if child.is_dir() and not child.is_symlink():
@@ -979,6 +991,7 @@ class ClipWriter:
             _open_root(self.path, "r+")  # raises the precise one-line error
         _check_root_attrs(self.path, (root_doc or {}).get("attributes"))
         if self.folder.exists():
+            _SHARDS.forget(self.folder)
             shutil.rmtree(self.folder)  # an interrupted attempt: start from nothing
         self.folder.mkdir()
         _write_atomic(self.folder / "zarr.json", _group_doc(writing))

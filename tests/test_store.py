@@ -646,3 +646,18 @@ def test_unknown_rgb_layout_is_a_one_line_error_and_writes_nothing(tmp_path: Pat
     with pytest.raises(EgosynthError, match=r"s\.zarr: rgb layout 'png': must be one of"):
         ClipWriter(path, "c", 4, 5, 6, {"scene": "s"}, rgb="png")
     assert not (path / "clips" / "c").exists()
+
+
+def test_overwriting_a_store_drops_its_shard_maps(
+    sset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import egosynth.store as store_mod
+
+    path = _new_store(sset, tmp_path / "o.zarr", clips=1)
+    ClipStore(path).clip(ClipStore(path).clip_ids()[0]).read(0, 12, ["rgb"])
+    mine = [p for p in store_mod._SHARDS._states if p.startswith(f"{path.absolute()}/")]
+    assert mine and all(store_mod._SHARDS._states[p].data is not None for p in mine)
+    monkeypatch.chdir(tmp_path)  # the same store named by a relative path
+    prepare_store(Path("o.zarr"), config_fingerprint(sset), store_attrs(sset), overwrite=True)
+    assert not any(p.startswith(f"{path.absolute()}/") for p in store_mod._SHARDS._states)
+    assert not any(p.startswith(f"{path.absolute()}/") for p in store_mod._SHARDS._mapped)
