@@ -28,17 +28,7 @@ def test_help_lists_every_subcommand_without_heavy_imports() -> None:
         f"print('HEAVY:', [m for m in {HEAVY!r} if m in sys.modules])\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    for name in (
-        "render",
-        "trajectory",
-        "scenes",
-        "inspect",
-        "preview",
-        "train",
-        "eval",
-        "pipeline",
-        "demo",
-    ):
+    for name in "render trajectory scenes inspect preview train eval pipeline demo".split():
         assert name in COMMANDS and f"    {name}" in r.stdout
     assert "HEAVY: []" in r.stdout
 
