@@ -158,8 +158,26 @@ _BLOSC_HEADER = 16
 _BLOSC_MEMCPYED = 0x02  # Blosc header flag: the bytes after the header are the data, stored
 _SHUFFLES = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 _NO_FRAME = 2**64 - 1  # shard index entry of a frame never written (it reads as the fill value)
-_IOV_FRAMES = 256  # frames per preadv call (two buffers each; the OS caps a call at 1024)
 RGB_LAYOUTS = ("raw", "lz4")  # rgb stored as raw frames (default) or as Blosc-lz4 chunks
+
+
+def _crc(data: Any) -> bytes:
+    """The 4 bytes zarr's crc32c codec appends: crc32c of `data` (any buffer), little-endian."""
+    return crc32c.crc32c(data).to_bytes(_CRC_BYTES, "little")
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    """A file's version as far as a reader can tell: inode, size, mtime and ctime."""
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _write_chunk(path: Path, parts: Sequence[Any], made: set[Path]) -> None:
+    """Write the buffers `parts`, in order, as the chunk file `path` (atomically), creating its
+    folder unless this writer already did (`made`)."""
+    if path.parent not in made:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        made.add(path.parent)
+    _write_atomic(path, b"".join(memoryview(p).cast("B") for p in parts))
 
 
 def _chunk_key(ndim: int, c: int) -> str:
@@ -314,11 +332,7 @@ class _Direct:
                 path.unlink(missing_ok=True)
                 continue
             payload = self.blosc.encode(np.ascontiguousarray(block, self.dtype))
-            crc = crc32c.crc32c(payload).to_bytes(_CRC_BYTES, "little")
-            if path.parent not in made:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                made.add(path.parent)
-            _write_atomic(path, bytes(payload) + crc)
+            _write_chunk(path, [payload, _crc(payload)], made)
 
 
 @dataclass
@@ -430,6 +444,11 @@ class _Frames:
     def frame_bytes(self) -> int:
         return math.prod(self.shape[1:]) * self.dtype.itemsize
 
+    @cached_property
+    def index_bytes(self) -> int:
+        """Size of the shard index: (offset, nbytes) uint64 per frame, then its crc32c."""
+        return 16 * self.shard + _CRC_BYTES
+
     @classmethod
     def from_metadata(cls, folder: Path, md: Mapping[str, Any]) -> _Frames | None:
         """The direct reader of an array's zarr.json document, or None (not this layout)."""
@@ -505,7 +524,7 @@ class _Frames:
         except FileNotFoundError:
             out[...] = self.fill
             return
-        state = _SHARDS.get(path, (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        state = _SHARDS.get(path, _stamp(st))
         data = None if state is None else state.data
         if data is None:
             state, data = self._map(path, key, state)
@@ -519,16 +538,14 @@ class _Frames:
         """Map a shard file; a version not `known` has its index checked first."""
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
-            n = 16 * self.shard + _CRC_BYTES
-            if st.st_size < n:
+            if st.st_size < self.index_bytes:
                 raise _CorruptChunk(
                     f"{key}: {st.st_size} bytes, too short for a shard of {self.shard}"
                 )
             data = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
-        stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        state = known if known is not None and known.stamp == stamp else None
+        state = known if known is not None and known.stamp == _stamp(st) else None
         if state is None:
-            state = _ShardState(stamp, self._offsets(data, key))
+            state = _ShardState(_stamp(st), self._offsets(data, key))
         state.data = data
         _SHARDS.put(path, state)
         return state, data
@@ -537,7 +554,7 @@ class _Frames:
         """Byte offset of each frame in the shard (-1: not stored), from its index after
         checking the index's checksum and every entry; None when the frames lie back to back
         from offset 0 (as egosynth writes them)."""
-        n = 16 * self.shard + _CRC_BYTES
+        n = self.index_bytes
         raw = data[len(data) - n :]
         if crc32c.crc32c(raw[:-_CRC_BYTES]) != int.from_bytes(raw[-_CRC_BYTES:], "little"):
             raise _CorruptChunk(f"{key}: index checksum mismatch")
@@ -560,19 +577,27 @@ class _Frames:
         when the frames lie back to back, the usual case), after checking each frame not yet
         checked in this version of the file."""
         fb, step = self.frame_bytes, self.frame_bytes + _CRC_BYTES
-        at = [f * step if state.offsets is None else state.offsets[f] for f in local]
+        at = None
         if state.checked != (1 << self.shard) - 1:  # else (steady state) nothing to check
+            at = self._at(state, local)
             self._check(state, src, key, local, at)
         flat = out.reshape(len(out), -1).view(np.uint8)
         if state.offsets is None:  # (frame, byte) view of the shard: one copy for all
             frames = src[: self.shard * step].reshape(self.shard, step)
             flat[...] = frames[local.start : local.stop : local.step, :fb]
             return
+        if at is None:
+            at = self._at(state, local)
         for q, a in enumerate(at):
             if a < 0:
                 out[q] = self.fill
             else:
                 flat[q] = src[a : a + fb]
+
+    def _at(self, state: _ShardState, local: range) -> list[int]:
+        """Byte offset in the shard of each frame of `local` (-1: not stored)."""
+        step = self.frame_bytes + _CRC_BYTES
+        return [f * step if state.offsets is None else state.offsets[f] for f in local]
 
     def _check(
         self, state: _ShardState, src: NDArray[np.uint8], key: str, local: range, at: list[int]
@@ -600,17 +625,13 @@ class _Frames:
                 if not np.any(frame != self.fill):
                     continue
                 raw = np.ascontiguousarray(frame, self.dtype)
-                parts += [raw, crc32c.crc32c(raw).to_bytes(_CRC_BYTES, "little")]
+                parts += [raw, _crc(raw)]
                 index[i] = pos, raw.nbytes + _CRC_BYTES
                 pos += raw.nbytes + _CRC_BYTES
             if not parts:
                 path.unlink(missing_ok=True)
                 continue
-            parts += [index, crc32c.crc32c(index).to_bytes(_CRC_BYTES, "little")]
-            if path.parent not in made:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                made.add(path.parent)
-            _write_atomic(path, b"".join(memoryview(p).cast("B") for p in parts))
+            _write_chunk(path, [*parts, index, _crc(index)], made)
 
 
 def _default_keys(md: Mapping[str, Any]) -> bool:
