@@ -10,8 +10,8 @@ Every path produces the same batch: rgb (B, T, E, 3, H, W) uint8 (a channels-las
 the same window list in the same (seed, epoch) order. Frames are photos (scikit-image's
 astronaut / coffee / chelsea) panned across, the right eye offset by a few pixels, so the
 codecs see natural-image content. Targets (issue 6): (a) >= 0.5x (b) and >= 3x (c).
-(a) is the loader as configured by default: it decodes the chunks of a batch on its decode
-threads (one per CPU, up to 4); (a1) is the same loader held to one decode thread, the
+(a) is the loader as configured by default: it reads (and for lz4 decodes) a batch on its
+decode threads (one per CPU, up to 4); (a1) is the same loader held to one decode thread, the
 column to compare with the single-threaded memmap copy.
 
     .venv/bin/python benchmarks/bench_loader.py            # ~1 min on 2 cores
@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from egosynth.data import WindowLoader
 from egosynth.data.synthetic import prepare
+from egosynth.store import RGB_LAYOUTS
 
 
 def photo_frames(n: int, height: int, width: int, k: int) -> np.ndarray:
@@ -197,7 +198,7 @@ def main() -> None:
     p.add_argument("--chunk-frames", type=int, default=None, help="store chunk (default: store's)")
     p.add_argument("--clevel", type=int, default=5, help="Blosc level of the store (0: stored)")
     p.add_argument(
-        "--rgb", choices=("raw", "lz4"), default="raw", help="the store's rgb layout (default raw)"
+        "--rgb", choices=RGB_LAYOUTS, default="raw", help="the store's rgb layout (default raw)"
     )
     p.add_argument(
         "--decode-threads", type=int, default=None, help="(a)'s decode threads (default: auto)"
