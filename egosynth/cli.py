@@ -11,8 +11,9 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
-from egosynth import __version__
+from egosynth import __version__, quiet
 from egosynth.errors import EgosynthError
 
 # Order is the order shown in --help.
@@ -29,8 +30,29 @@ COMMANDS = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the problem and where to look, no usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def _add_verbose(parser: argparse.ArgumentParser, top: bool) -> None:
+    """--verbose on every (sub)command; SUPPRESS below the top keeps the top's value."""
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help=f"show every warning, third-party ones too (or {quiet.ENV}=1)",
+    )
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                _add_verbose(child, False)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="egosynth",
         description="Synthetic egocentric stereo video from NeRF scenes, and learning from it.",
     )
@@ -38,11 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for name in COMMANDS:
         importlib.import_module(f"egosynth.commands.{name}").register(sub)
+    _add_verbose(parser, True)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet.install(True if args.verbose else None)
     try:
         return int(args.func(args) or 0)
     except EgosynthError as exc:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -26,16 +25,18 @@ from pydantic import (
 
 from egosynth.errors import ConfigError
 from egosynth.presets import PRESETS
+from egosynth.readers import read_yaml as _read_yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCENE_CONFIGS = REPO_ROOT / "scene_configs"
 DEFAULT_SCENE_SET = SCENE_CONFIGS / "sets" / "demo.yaml"
 
-PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-Finite = Annotated[float, Field(allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
+Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Vec2 = tuple[Finite, Finite]
 Vec3 = tuple[Finite, Finite, Finite]
 PresetName = Literal["adult", "toddler"]
+ROOM_MARGIN_M = 0.05  # how far an object's centre may lie past the floor's edge
 
 
 class StrictModel(BaseModel):
@@ -161,7 +162,19 @@ class SceneConfig(StrictModel):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"object names must be unique, repeated: {sorted(dup)}")
+        self._objects_in_room()
         return self
+
+    def _objects_in_room(self) -> None:
+        """Every annotated object's centre lies over the floor (within ROOM_MARGIN_M)."""
+        from shapely.geometry import Point, Polygon
+
+        floor = Polygon(self.floor).buffer(ROOM_MARGIN_M)
+        for o in self.objects:
+            if not floor.covers(Point(o.center[0], o.center[1])):
+                raise ValueError(
+                    f"object {o.name!r} at {tuple(o.center)} lies outside the floor polygon"
+                )
 
     @property
     def source(self) -> Path | None:
@@ -197,9 +210,9 @@ class RigConfig(StrictModel):
     """The observer's eyes. Eye index 0 = left, 1 = right."""
 
     preset: PresetName = "adult"
-    ipd_m: Annotated[float, Field(gt=0.0, le=0.2)]
-    eye_height_m: Annotated[float, Field(gt=0.0, le=3.0)]
-    hfov_deg: Annotated[float, Field(gt=0.0, lt=180.0)] = 90.0
+    ipd_m: Annotated[float, Field(strict=True, gt=0.0, le=0.2)]
+    eye_height_m: Annotated[float, Field(strict=True, gt=0.0, le=3.0)]
+    hfov_deg: Annotated[float, Field(strict=True, gt=0.0, lt=180.0)] = 90.0
     eyes: Literal["parallel", "verging"] = "parallel"
 
     _presets = model_validator(mode="before")(classmethod(lambda cls, d: _fill_preset(d, "rig")))
@@ -213,19 +226,19 @@ class MotionConfig(StrictModel):
 
     preset: PresetName = "adult"
     walk_speed_mps: SpeedRange
-    step_frequency_hz: Annotated[float, Field(gt=0.0, le=5.0)]
-    bob_amplitude_m: Annotated[float, Field(ge=0.0, le=0.1)]
-    gaze_shift_rate_hz: Annotated[float, Field(ge=0.0, le=5.0)]
-    max_head_speed_dps: Annotated[float, Field(gt=0.0, le=1000.0)]
-    pause_probability: Annotated[float, Field(ge=0.0, le=1.0)]
+    step_frequency_hz: Annotated[float, Field(strict=True, gt=0.0, le=5.0)]
+    bob_amplitude_m: Annotated[float, Field(strict=True, ge=0.0, le=0.1)]
+    gaze_shift_rate_hz: Annotated[float, Field(strict=True, ge=0.0, le=5.0)]
+    max_head_speed_dps: Annotated[float, Field(strict=True, gt=0.0, le=1000.0)]
+    pause_probability: Annotated[float, Field(strict=True, ge=0.0, le=1.0)]
     pause_seconds: SpeedRange = (0.5, 2.0)
-    object_fixation_probability: Annotated[float, Field(ge=0.0, le=1.0)] = 0.6
-    look_ahead_probability: Annotated[float, Field(ge=0.0, le=1.0)] = 0.25
-    scan_yaw_deg: Annotated[float, Field(ge=0.0, le=180.0)] = 70.0
-    scan_pitch_deg: Annotated[float, Field(ge=0.0, le=60.0)] = 20.0
-    look_ahead_pitch_deg: Annotated[float, Field(ge=-60.0, le=30.0)] = -10.0
-    clearance_m: Annotated[float, Field(ge=0.0, le=2.0)] = 0.25
-    min_goal_distance_m: Annotated[float, Field(ge=0.0)] = 1.0
+    object_fixation_probability: Annotated[float, Field(strict=True, ge=0.0, le=1.0)] = 0.6
+    look_ahead_probability: Annotated[float, Field(strict=True, ge=0.0, le=1.0)] = 0.25
+    scan_yaw_deg: Annotated[float, Field(strict=True, ge=0.0, le=180.0)] = 70.0
+    scan_pitch_deg: Annotated[float, Field(strict=True, ge=0.0, le=60.0)] = 20.0
+    look_ahead_pitch_deg: Annotated[float, Field(strict=True, ge=-60.0, le=30.0)] = -10.0
+    clearance_m: Annotated[float, Field(strict=True, ge=0.0, le=2.0)] = 0.25
+    min_goal_distance_m: Annotated[float, Field(strict=True, ge=0.0)] = 1.0
     accel_mps2: PositiveFloat = 1.0
 
     _presets = model_validator(mode="before")(classmethod(lambda cls, d: _fill_preset(d, "motion")))
@@ -246,8 +259,8 @@ class MotionConfig(StrictModel):
 
 # --------------------------------------------------------------------------- scene set
 class Resolution(StrictModel):
-    width: Annotated[int, Field(gt=0, le=8192)]
-    height: Annotated[int, Field(gt=0, le=8192)]
+    width: Annotated[int, Field(strict=True, gt=0, le=8192)]
+    height: Annotated[int, Field(strict=True, gt=0, le=8192)]
 
 
 class SceneSetConfig(StrictModel):
@@ -255,16 +268,25 @@ class SceneSetConfig(StrictModel):
 
     name: str = Field(min_length=1)
     scenes: list[Path] = Field(min_length=1)
-    clips_per_scene: Annotated[int, Field(gt=0)] = 1
+    clips_per_scene: Annotated[int, Field(strict=True, gt=0)] = 1
     clip_seconds: PositiveFloat = 4.0
-    fps: Annotated[float, Field(gt=0.0, le=240.0)] = 10.0
+    fps: Annotated[float, Field(strict=True, gt=0.0, le=240.0)] = 10.0
     resolution: Resolution = Resolution(width=128, height=96)
     rig: RigConfig = RigConfig()
     motion: MotionConfig = MotionConfig()
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Annotated[int, Field(strict=True, ge=0)] = 0
     output: Path = Path("outputs/store.zarr")
     _source: Path | None = PrivateAttr(default=None)
     _scenes: list[SceneConfig] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _frames(self) -> SceneSetConfig:
+        if not math.isfinite(self.clip_seconds * self.fps):
+            raise ValueError(
+                f"clip_seconds * fps = {self.clip_seconds:g} * {self.fps:g} is not a finite "
+                "number of frames"
+            )
+        return self
 
     @field_validator("resolution", mode="before")
     @classmethod
@@ -284,21 +306,17 @@ class SceneSetConfig(StrictModel):
 
     @property
     def frames_per_clip(self) -> int:
-        return max(1, round(self.clip_seconds * self.fps))
+        n = self.clip_seconds * self.fps
+        if not math.isfinite(n):
+            why = f"clip_seconds * fps ({self.fps:g}) is not a finite number of frames"
+            raise ConfigError(self._source, "clip_seconds", self.clip_seconds, why)
+        return max(1, round(n))
 
 
 # --------------------------------------------------------------------------- loading
 def read_yaml(path: Path) -> Any:
-    if not path.is_file():
-        raise ConfigError(path, "", str(path), "file not found")
-    try:
-        # safe_load only: a config must never construct python objects.
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "?"
-        problem = getattr(exc, "problem", exc)
-        raise ConfigError(path, where, "", f"invalid YAML ({problem})") from None
+    """A YAML file through the one reading path (egosynth.readers): one-line errors."""
+    return _read_yaml(path, "config")
 
 
 def _raise_first(path: Path, exc: ValidationError, data: Any) -> None:
@@ -337,7 +355,7 @@ def load_scene_set(path: str | Path) -> SceneSetConfig:
     scenes = []
     for i, rel in enumerate(sset.scenes):
         p = rel if rel.is_absolute() else (path.parent / rel)
-        if not p.is_file():
+        if not p.exists():
             raise ConfigError(path, f"scenes.{i}", str(rel), "scene config not found")
         scenes.append(load_scene(p))
     names = [s.name for s in scenes]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from egosynth.config import SceneConfig, SceneSetConfig
+from egosynth.errors import EgosynthError
 from egosynth.motion import Trajectory, generate_trajectory
 
 
@@ -27,8 +28,36 @@ class ClipPlan:
     fps: float
 
 
+# Memory estimates for `check_plan`: a ClipPlan in the plan list, and one frame of a clip's
+# trajectory (eye/head poses, time, fixation: ~0.4 KB stored, plus the motion model's working
+# arrays).
+PLAN_BYTES = 1024
+TRAJECTORY_BYTES_PER_FRAME = 4096
+
+
+def check_plan(
+    sset: SceneSetConfig, clips_per_scene: int | None = None, clips_in_memory: int = 1
+) -> int:
+    """Refuse, before any work, a plan whose clips would not fit in memory; returns the
+    number of clips. `clips_in_memory`: trajectories held at once (0 = all of them)."""
+    from egosynth.checks import check_memory
+
+    n = clips_per_scene if clips_per_scene is not None else sset.clips_per_scene
+    if n < 1:
+        raise EgosynthError(f"clips per scene = {n}: must be at least 1")
+    total = n * len(sset.scene_configs)
+    held = total if clips_in_memory == 0 else min(clips_in_memory, total)
+    frames = sset.frames_per_clip
+    check_memory(
+        total * PLAN_BYTES + held * frames * TRAJECTORY_BYTES_PER_FRAME,
+        f"{total:,} clips of {frames:,} frames ({sset.clip_seconds:g} s at {sset.fps:g} fps)",
+    )
+    return total
+
+
 def plan_clips(sset: SceneSetConfig, clips_per_scene: int | None = None) -> list[ClipPlan]:
     """Every clip of a scene set, in a stable order (scene by scene, then clip index)."""
+    check_plan(sset, clips_per_scene)
     n = clips_per_scene if clips_per_scene is not None else sset.clips_per_scene
     plans = []
     for si, scene in enumerate(sset.scene_configs):

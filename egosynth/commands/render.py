@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from egosynth.checks import count, real
 from egosynth.config import DEFAULT_SCENE_SET
 
 
@@ -31,16 +32,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="output store: a path or fsspec URL (default: the set's `output`)",
     )
-    p.add_argument("--clips", type=int, default=None, help="clips per scene (default: the set's)")
+    p.add_argument(
+        "--clips", type=count(), default=None, help="clips per scene (default: the set's)"
+    )
     p.add_argument(
         "--seconds",
-        type=float,
+        type=real(positive=True, maximum=1e9),
         default=None,
         help="clip length in seconds (default: the set's clip_seconds)",
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=count(maximum=4096),
         default=None,
         help="number of Ray actors (default: one per GPU, else one per CPU)",
     )
@@ -62,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-attempts",
-        type=int,
+        type=count(maximum=1000),
         default=3,
         help="attempts per clip before it is reported as failed",
     )
@@ -71,19 +74,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from egosynth.config import load_scene_set
-    from egosynth.errors import EgosynthError
+    import os
 
+    from egosynth.checks import check_address, output_dir
+    from egosynth.config import load_scene_set
+    from egosynth.plan import check_plan
+    from egosynth.scenes.procedural import parse_spec
+
+    # Everything is checked before anything is touched: the store, the cluster, the plan.
     sset = load_scene_set(args.scene_set)
     if args.seconds is not None:
-        if not args.seconds > 0:
-            raise EgosynthError(f"--seconds = {args.seconds}: must be positive")
         sset = sset.model_copy(update={"clip_seconds": float(args.seconds)})
-    if args.clips is not None and args.clips < 1:
-        raise EgosynthError(f"--clips = {args.clips}: must be at least 1")
-    if args.max_attempts < 1:
-        raise EgosynthError(f"--max-attempts = {args.max_attempts}: must be at least 1")
     out = args.out or str(sset.output)
+    if "://" not in out:
+        output_dir(out, "--out" if args.out else f"{args.scene_set}: output", [args.scene_set])
+    check_plan(sset, args.clips)
+    for scene in sset.scene_configs:  # named with its file here, not later by a worker
+        if scene.procedural is not None:
+            parse_spec(scene.procedural, scene.source)
+    check_address(args.address or os.environ.get("RAY_ADDRESS") or None)
 
     from egosynth.orchestration import render_set
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from egosynth.checks import count, integer, real
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -29,7 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="output folder (default: ../scenes beside a config in a 'procedural' folder, "
         "else the config's folder)",
     )
-    g.add_argument("--count", type=int, default=None, help="override the config's count")
+    g.add_argument(
+        "--count", type=count(maximum=10_000), default=None, help="override the config's count"
+    )
     g.set_defaults(func=run_generate)
 
     c = ssub.add_parser(
@@ -40,10 +44,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("scene", type=Path, help="scene config YAML (backend mesh)")
     c.add_argument("--out", type=Path, required=True, help="capture folder")
-    c.add_argument("--views", type=int, default=200, help="number of views (default 200)")
-    c.add_argument("--size", type=int, nargs=2, default=(256, 192), metavar=("W", "H"))
-    c.add_argument("--hfov", type=float, default=90.0, help="horizontal field of view, degrees")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument(
+        "--views", type=count(maximum=100_000), default=200, help="number of views (default 200)"
+    )
+    c.add_argument(
+        "--size", type=count(maximum=8192), nargs=2, default=(256, 192), metavar=("W", "H")
+    )
+    c.add_argument(
+        "--hfov",
+        type=real(positive=True, below=180.0),
+        default=90.0,
+        help="horizontal field of view, degrees",
+    )
+    c.add_argument("--seed", type=integer(0, 2**63 - 1), default=0)
     c.add_argument("--no-depth", action="store_true", help="do not write depth images")
     c.add_argument("--no-masks", action="store_true", help="do not write instance/part images")
     c.set_defaults(func=run_capture)
@@ -56,9 +69,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     v.add_argument("scene", type=Path, help="scene config YAML")
     v.add_argument("--out", type=Path, default=None, help="PNG (default <scene>_preview.png)")
-    v.add_argument("--views", type=int, default=6)
-    v.add_argument("--size", type=int, nargs=2, default=(192, 144), metavar=("W", "H"))
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--views", type=count(maximum=1000), default=6)
+    v.add_argument(
+        "--size", type=count(maximum=8192), nargs=2, default=(192, 144), metavar=("W", "H")
+    )
+    v.add_argument("--seed", type=integer(0, 2**63 - 1), default=0)
     v.set_defaults(func=run_preview)
 
     from egosynth.commands.scenes_nerf import register_nerf
@@ -72,15 +87,20 @@ def _default_out(config: Path) -> Path:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    import os
+
+    from egosynth.checks import output_dir
     from egosynth.errors import EgosynthError
     from egosynth.scenes.procedural import load_generator, write_scenes
 
     gen = load_generator(args.config)
     if args.count is not None:
-        if args.count < 1:
-            raise EgosynthError(f"--count must be >= 1, got {args.count}")
         gen = gen.model_copy(update={"count": args.count})
-    out = args.out or _default_out(args.config)
+    out = output_dir(args.out or _default_out(args.config), inputs=[args.config])
+    for i in range(gen.count):  # the files it writes must not include the config itself
+        target = out / f"{gen.name}_{i}.yaml"
+        if target.exists() and os.path.samefile(target, args.config):
+            raise EgosynthError(f"{target}: would overwrite the input generator config")
     paths = write_scenes(gen, out)
     print(f"wrote {len(paths)} scene configs to {out} ({paths[0].name} .. {paths[-1].name})")
     return 0
@@ -97,9 +117,12 @@ def _load_mesh_scene(path: Path):
 
 
 def run_capture(args: argparse.Namespace) -> int:
+    from egosynth.checks import check_memory, output_dir
     from egosynth.scenes.capture import CaptureSettings, write_capture
 
+    output_dir(args.out, inputs=[args.scene])
     scene = _load_mesh_scene(args.scene)
+    check_memory(4 * 8 * args.size[0] * args.size[1], f"a {args.size[0]}x{args.size[1]} view")
     settings = CaptureSettings(
         n_views=args.views,
         width=args.size[0],
@@ -115,11 +138,16 @@ def run_capture(args: argparse.Namespace) -> int:
 
 
 def run_preview(args: argparse.Namespace) -> int:
+    from egosynth.checks import check_memory, output_file
     from egosynth.config import load_scene
     from egosynth.scenes.preview import write_preview
 
+    out = output_file(args.out or Path(f"{args.scene.stem}_preview.png"), inputs=[args.scene])
     scene = load_scene(args.scene)  # any backend: the renderer interface is the same
-    out = args.out or Path(f"{args.scene.stem}_preview.png")
+    check_memory(
+        args.views * 4 * 8 * args.size[0] * args.size[1],
+        f"{args.views} views of {args.size[0]}x{args.size[1]}",
+    )
     path, labels = write_preview(scene, out, args.views, args.size[0], args.size[1], args.seed)
     cats = ", ".join(f"{lab.instance_id}:{lab.category}" for lab in labels)
     print(f"wrote {path} (rows: rgb | depth | instance | part; objects {cats})")

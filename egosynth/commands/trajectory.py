@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from egosynth.checks import count
 from egosynth.config import DEFAULT_SCENE_SET
 
 
@@ -19,7 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("scene_set", nargs="?", type=Path, default=DEFAULT_SCENE_SET)
     p.add_argument("--out", type=Path, required=True, help="output .npz file")
-    p.add_argument("--clips", type=int, default=None, help="clips per scene (default: the set's)")
+    p.add_argument(
+        "--clips", type=count(), default=None, help="clips per scene (default: the set's)"
+    )
     p.add_argument("--plot", action="store_true", help="also draw a top-down map PNG per scene")
     p.set_defaults(func=run)
 
@@ -27,17 +30,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from egosynth.checks import output_file
     from egosynth.config import load_scene_set
     from egosynth.errors import EgosynthError
-    from egosynth.plan import clip_trajectory, plan_clips
+    from egosynth.plan import check_plan, clip_trajectory, plan_clips
 
+    if args.out.is_dir():
+        output_file(args.out)  # refused: a directory where the .npz file should go
+    out = args.out if args.out.suffix == ".npz" else args.out.with_suffix(".npz")
+    output_file(out, inputs=[args.scene_set])
     sset = load_scene_set(args.scene_set)
+    check_plan(sset, args.clips, clips_in_memory=0)  # every trajectory is held, then stacked
     plans = plan_clips(sset, args.clips)
     trajs = [clip_trajectory(sset, p) for p in plans]
     arrays = {k: np.stack([t.arrays()[k] for t in trajs]) for k in trajs[0].arrays()}
     arrays["clip_id"] = np.array([p.clip_id for p in plans])
     arrays["scene"] = np.array([p.scene for p in plans])
-    out = args.out if args.out.suffix == ".npz" else args.out.with_suffix(".npz")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         np.savez(out, **arrays)

@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from egosynth.camera import camera_rays
-from egosynth.errors import EgosynthError
+from egosynth.errors import ConfigError, EgosynthError
 from egosynth.render.base import Frames, Label, batch_intrinsics
 from egosynth.scenes.textures import Material, albedo, shade
 
@@ -129,7 +129,12 @@ class MeshRenderer:
             raise EgosynthError(f"scene {scene.name!r}: backend 'mesh' needs 'procedural' settings")
         from egosynth.scenes.procedural import check_scene_matches
 
-        mesh = _cached_mesh(json.dumps(scene.procedural, sort_keys=True))
+        try:
+            mesh = _cached_mesh(json.dumps(scene.procedural, sort_keys=True))
+        except ConfigError as exc:  # the settings alone do not know their file: name it
+            raise ConfigError(
+                scene.source or scene.name, exc.field, exc.value, exc.reason
+            ) from None
         check_scene_matches(scene, mesh)
         return cls(mesh)
 

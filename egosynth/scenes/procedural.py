@@ -89,10 +89,10 @@ FURNITURE_COLORS = ((0.55, 0.38, 0.22), (0.75, 0.62, 0.45), (0.35, 0.3, 0.28), (
 StyleName = Literal["wood", "tiles", "carpet", "stone"]
 CategoryName = Literal["cat", "dog", "car", "tractor"]
 FRange = tuple[
-    Annotated[float, Field(gt=0, allow_inf_nan=False)],
-    Annotated[float, Field(gt=0, allow_inf_nan=False)],
+    Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)],
+    Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)],
 ]
-IRange = tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]
+IRange = tuple[Annotated[int, Field(strict=True, ge=0)], Annotated[int, Field(strict=True, ge=0)]]
 
 
 class _Strict(BaseModel):
@@ -104,16 +104,16 @@ class GeneratorConfig(_Strict):
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     version: Literal[1] = GENERATOR_VERSION
-    count: Annotated[int, Field(ge=1, le=10_000)] = 3
-    seed: Annotated[int, Field(ge=0)] = 0
+    count: Annotated[int, Field(strict=True, ge=1, le=10_000)] = 3
+    seed: Annotated[int, Field(strict=True, ge=0)] = 0
     room_size_m: FRange = (5.0, 8.0)
-    wall_height_m: Annotated[float, Field(ge=2.0, le=6.0)] = 2.5
+    wall_height_m: Annotated[float, Field(strict=True, ge=2.0, le=6.0)] = 2.5
     furniture: IRange = (2, 4)
     objects: IRange = (4, 6)
     object_length_m: FRange = (0.5, 0.9)
     categories: list[CategoryName] = Field(default=list(CATEGORIES), min_length=1)
     styles: list[StyleName] = Field(default=list(STYLES), min_length=1)
-    shortcut: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    shortcut: Annotated[float, Field(strict=True, ge=0.0, le=1.0)] = 0.0
 
     @model_validator(mode="after")
     def _check(self) -> GeneratorConfig:
@@ -142,7 +142,7 @@ class ProceduralSpec(_Strict):
     """What a scene config's `procedural:` holds: the generator, the index, derived facts."""
 
     generator: GeneratorConfig
-    index: Annotated[int, Field(ge=0)]
+    index: Annotated[int, Field(strict=True, ge=0)]
     style: StyleName | None = None  # derived; recorded for analyses, checked on rebuild
 
 
