@@ -101,6 +101,9 @@ class _Worker:
         chunk_frames: int | None,
     ) -> None:
         # Nothing heavy here: a failing constructor would make Ray restart the actor in a loop.
+        from egosynth import quiet
+
+        quiet.install()  # this worker's warnings: the same filter as the CLI's (egosynth.quiet)
         self.sset, self.store_path, self.factory = sset, store_path, factory
         self.chunk_frames = chunk_frames
         self.renderers: dict[str, Renderer] = {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -100,11 +101,23 @@ def load_pipeline(path: str | Path, overrides: dict[str, str] | None = None) -> 
     return pipe
 
 
+# `{name}` substitutes a variable, `{{` and `}}` are literal braces. Only plain names: no
+# attribute access, indexing or format specs (str.format would evaluate `{x.__class__}`).
+_VAR = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+
+
 def _subst(text: str | int | float, env: dict[str, Any], path: Path, where: str) -> str:
-    try:
-        return str(text).format(**env)
-    except (KeyError, IndexError) as exc:
-        raise ConfigError(path, where, text, f"unknown variable {exc}") from None
+    def one(m: re.Match[str]) -> str:
+        token, name = m.group(0), m.group(1)
+        if token in ("{{", "}}"):
+            return token[0]
+        if not name.isidentifier():
+            raise ConfigError(path, where, text, f"{token} is not a plain variable name")
+        if name not in env:
+            raise ConfigError(path, where, text, f"unknown variable {name!r}")
+        return str(env[name])
+
+    return _VAR.sub(one, str(text))
 
 
 def pipeline_env(pipe: Pipeline, path: Path) -> dict[str, str]:
@@ -258,8 +271,12 @@ def _discard_stale(marker: Path, outputs: list[Path], workdir: Path, log) -> Non
 def _is_current(marker: Path, fingerprint: str, outputs: list[Path]) -> bool:
     if not marker.is_file():
         return False
+    from egosynth.readers import ReadError, read_json
+
     try:
-        done = json.loads(marker.read_text())
-    except (OSError, json.JSONDecodeError):
+        done = read_json(marker, "stage marker")
+    except ReadError:  # a damaged marker: the stage simply reruns
+        return False
+    if not isinstance(done, dict):
         return False
     return done.get("fingerprint") == fingerprint and all(o.exists() for o in outputs)

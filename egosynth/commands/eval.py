@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from egosynth.checks import count, integer, real
 from egosynth.errors import EgosynthError
 
 # egosynth.eval.saliency.METHODS, listed here so that --help does not import torch.
@@ -60,14 +61,18 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--input-size",
-        type=int,
+        type=count(maximum=4096),
         default=None,
         help="square side the network sees (default: its training frame height)",
     )
-    p.add_argument("--max-images", type=int, default=None, help="cap images per split")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--examples", type=int, default=6, help="images in the overlay figures")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--max-images", type=count(), default=None, help="cap images per split")
+    p.add_argument("--batch-size", type=count(maximum=65_536), default=32)
+    p.add_argument(
+        "--examples", type=integer(0, 256), default=6, help="images in the overlay figures"
+    )
+    p.add_argument(
+        "--threads", type=integer(0, 4096), default=0, help="torch CPU threads (0 = default)"
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -114,29 +119,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--out", type=Path, required=True, help="twin folder")
     x.add_argument(
         "--shortcut",
-        type=float,
+        type=real(0.0, 1.0),
         default=0.0,
         help="train split: probability that the background tint names the label",
     )
-    x.add_argument("--test-shortcut", type=float, default=0.0, help="the same for the test split")
-    x.add_argument("--tint", type=float, default=0.5, help="tint strength (0 = no tint)")
-    x.add_argument("--eye", type=int, default=0, help="0 left, 1 right")
-    x.add_argument("--stride", type=int, default=2, help="use every n-th frame")
+    x.add_argument(
+        "--test-shortcut", type=real(0.0, 1.0), default=0.0, help="the same for the test split"
+    )
+    x.add_argument("--tint", type=real(0.0, 1.0), default=0.5, help="tint strength (0 = no tint)")
+    x.add_argument("--eye", type=integer(0, 1), default=0, help="0 left, 1 right")
+    x.add_argument("--stride", type=count(), default=2, help="use every n-th frame")
     x.add_argument(
         "--crop",
-        type=int,
+        type=count(maximum=8192),
         default=None,
         help="fixed crop side in source pixels (default: adaptive, --context)",
     )
     x.add_argument(
-        "--context", type=float, default=2.5, help="adaptive crop side / object bounding-box side"
+        "--context",
+        type=real(positive=True, maximum=100.0),
+        default=2.5,
+        help="adaptive crop side / object bounding-box side",
     )
-    x.add_argument("--min-object-px", type=int, default=40)
-    x.add_argument("--min-part-px", type=int, default=4)
-    x.add_argument("--blur", type=float, default=6.0, help="human-map blur sigma (256 px units)")
+    x.add_argument("--min-object-px", type=integer(0), default=40)
+    x.add_argument("--min-part-px", type=integer(0), default=4)
+    x.add_argument(
+        "--blur", type=real(0.0, 1000.0), default=6.0, help="human-map blur sigma (256 px units)"
+    )
     x.add_argument(
         "--object-weight",
-        type=float,
+        type=real(0.0),
         default=0.0,
         help="add the whole object mask to the human map with this weight",
     )
@@ -147,8 +159,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="override a category's diagnostic part",
     )
     x.add_argument("--format", choices=("npz", "tfrecord"), default="npz")
-    x.add_argument("--max-per-split", type=int, default=None)
-    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--max-per-split", type=count(), default=None)
+    x.add_argument("--seed", type=integer(0, 2**63 - 1), default=0)
     x.add_argument("--no-progress", action="store_true")
     x.set_defaults(func=run_twin_export)
 
@@ -171,28 +183,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("twin", type=Path, help="twin folder")
     b.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
     b.add_argument("--name", default=None, help="model name in reports")
-    b.add_argument("--steps", type=int, default=300)
-    b.add_argument("--batch-size", type=int, default=32)
-    b.add_argument("--lr", type=float, default=1e-3)
-    b.add_argument("--weight-decay", type=float, default=1e-4)
-    b.add_argument("--input-size", type=int, default=48)
+    b.add_argument("--steps", type=count(), default=300)
+    b.add_argument("--batch-size", type=count(maximum=65_536), default=32)
+    b.add_argument("--lr", type=real(positive=True, maximum=1e3), default=1e-3)
+    b.add_argument("--weight-decay", type=real(0.0), default=1e-4)
+    b.add_argument("--input-size", type=count(maximum=4096), default=48)
     b.add_argument(
-        "--harmonize", type=float, default=0.0, help="harmonizer weight (0: cross-entropy only)"
+        "--harmonize", type=real(0.0), default=0.0, help="harmonizer weight (0: cross-entropy only)"
     )
     b.add_argument("--arch", default="resnet18")
-    b.add_argument("--width", type=int, default=16)
-    b.add_argument("--embed-dim", type=int, default=64)
+    b.add_argument("--width", type=count(maximum=4096), default=16)
+    b.add_argument("--embed-dim", type=count(maximum=65_536), default=64)
     b.add_argument("--no-flip", action="store_true")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--threads", type=int, default=0)
-    b.add_argument("--max-images", type=int, default=None)
+    b.add_argument("--seed", type=integer(0, 2**63 - 1), default=0)
+    b.add_argument("--threads", type=integer(0, 4096), default=0)
+    b.add_argument("--max-images", type=count(), default=None)
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(func=run_baseline)
 
 
 # --------------------------------------------------------------------------- handlers
 def run_twin_export(args: argparse.Namespace) -> int:
+    from egosynth.checks import output_dir
     from egosynth.eval.twin import TwinConfig, export_twin
+
+    output_dir(args.out, inputs=[args.store])
 
     cfg = TwinConfig(
         shortcut=args.shortcut,
@@ -230,6 +245,15 @@ def _checkpoints(values: list[str]) -> list[tuple[str | None, Path]]:
     return out
 
 
+def _inputs(ds: dict[str, Any]) -> list[str]:
+    """The files and folders a dataset entry reads."""
+    out: list[str] = []
+    for key in ("test", "probe", "twin"):
+        v = ds.get(key)
+        out += [v] if isinstance(v, str) else list(v or [])
+    return out
+
+
 def _dataset_examples(test, k: int) -> list[int]:
     """Indices of the overlay examples: the first k images (saliency is kept for these)."""
     return list(range(min(k, len(test))))
@@ -247,6 +271,11 @@ def _run(args: argparse.Namespace, datasets: list[dict[str, Any]]) -> int:
         write_json,
     )
 
+    if args.out is not None:
+        from egosynth.checks import output_dir
+
+        given = [p for _, p in _checkpoints(args.checkpoint)]
+        output_dir(args.out, inputs=[*given, *(x for ds in datasets for x in _inputs(ds))])
     if args.threads:
         torch.set_num_threads(args.threads)
     progress = not args.no_progress
@@ -348,11 +377,13 @@ def run_twin(args: argparse.Namespace) -> int:
 
 
 def run_baseline(args: argparse.Namespace) -> int:
+    from egosynth.checks import output_file
     from egosynth.eval.baseline import BaselineConfig, save_baseline, train_baseline
     from egosynth.eval.evaluate import load_split
     from egosynth.eval.twin import read_twin_info
     from egosynth.train.encoders import EncoderConfig
 
+    output_file(args.out, inputs=[args.twin])
     info = read_twin_info(args.twin)
     cfg = BaselineConfig(
         steps=args.steps,

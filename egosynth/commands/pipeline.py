@@ -24,6 +24,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     """--set, --force and --jobs: shared by `pipeline run` and `demo`."""
     import os
 
+    from egosynth.checks import count
+
     p.add_argument(
         "--set",
         action="append",
@@ -34,7 +36,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="rerun every stage")
     p.add_argument(
         "--jobs",
-        type=int,
+        type=count(maximum=256),
         default=os.cpu_count() or 1,
         help="stages to run at once (default: CPU count); with more than 1, each "
         "stage's output goes to <workdir>/logs/<stage>.log",

@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from egosynth.checks import count, integer, real
+
 DEFAULT_STORE = "outputs/demo.zarr"
 
 
@@ -65,13 +67,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "to combine (default: slow)",
     )
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=200)
-    g.add_argument("--batch-size", type=int, default=8, help="windows per batch (per rank)")
-    g.add_argument("--window", type=int, default=8, help="frames per window")
-    g.add_argument("--stride", type=int, default=4, help="frames between window starts")
-    g.add_argument("--skip", type=int, default=1, help="frames between a window's frames")
-    g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    g.add_argument("--steps", type=count(), default=200)
+    g.add_argument(
+        "--batch-size", type=count(maximum=65_536), default=8, help="windows per batch (per rank)"
+    )
+    g.add_argument("--window", type=count(maximum=100_000), default=8, help="frames per window")
+    g.add_argument("--stride", type=count(), default=4, help="frames between window starts")
+    g.add_argument("--skip", type=count(), default=1, help="frames between a window's frames")
+    g.add_argument(
+        "--workers", type=integer(0, 1024), default=0, help="DataLoader worker processes"
+    )
+    g.add_argument(
+        "--threads", type=integer(0, 4096), default=0, help="torch CPU threads (0 = default)"
+    )
     g.add_argument("--size", type=_size, default=(64, 48), help="WxH to resize to, or native")
     g.add_argument("--fovea", type=_fraction, default=0.0,
                    help="train on foveal crops around each eye's fixation point, this fraction "
@@ -79,48 +87,56 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--augment", default="",
                    help="per-frame training augmentations, a comma list of crop (random "
                    "resized crop + flip) and colour (jitter, grey); default none")  # fmt: skip
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--weight-decay", type=float, default=1e-4)
-    g.add_argument("--warmup", type=int, default=10, help="linear warm-up steps")
+    g.add_argument("--lr", type=real(positive=True, maximum=1e3), default=1e-3)
+    g.add_argument("--weight-decay", type=real(0.0), default=1e-4)
+    g.add_argument("--warmup", type=integer(0), default=10, help="linear warm-up steps")
     g.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
-    g.add_argument("--grad-clip", type=float, default=5.0, help="0 = off")
+    g.add_argument("--grad-clip", type=real(0.0), default=5.0, help="0 = off")
     g.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=integer(0, 2**63 - 1), default=0)
     g.add_argument("--deterministic", action="store_true", help="deterministic torch kernels")
     g.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="resume from a checkpoint (default: newest in OUT)")  # fmt: skip
     e = p.add_argument_group("encoder")
     e.add_argument("--arch", default="resnet18", help="resnet10|resnet18|resnet34|resnet50")
-    e.add_argument("--width", type=int, default=16, help="channels of the first stage")
+    e.add_argument(
+        "--width", type=count(maximum=4096), default=16, help="channels of the first stage"
+    )
     e.add_argument("--layers", type=_ints, default=None, help="blocks per stage, e.g. 1,1,1")
-    e.add_argument("--embed-dim", type=int, default=64)
+    e.add_argument("--embed-dim", type=count(maximum=65_536), default=64)
     e.add_argument("--eyes", choices=("left", "right", "both"), default="both")
     e.add_argument("--fusion", choices=("mean", "concat"), default="mean")
     o = p.add_argument_group("objectives")
     o.add_argument("--constraint", choices=("penalty", "whiten"), default="whiten",
                    help="SFA constraints: whitening, or mean/var/cov penalties")  # fmt: skip
-    o.add_argument("--stereo-weight", type=float, default=25.0, help="0 = no stereo positives")
+    o.add_argument("--stereo-weight", type=real(0.0), default=25.0, help="0 = no stereo positives")
     o.add_argument("--context", choices=("gru", "tcn"), default="gru")
     o.add_argument("--horizons", type=_ints, default=(1, 3), help="frames ahead, e.g. 1,3")
-    o.add_argument("--temperature", type=float, default=0.1)
+    o.add_argument("--temperature", type=real(positive=True), default=0.1)
     o.add_argument("--pixel-channels", type=_ints, default=(3, 16, 32),
                    help="PredNet channels per layer (first = 3)")  # fmt: skip
     d = p.add_argument_group("logging")
-    d.add_argument("--log-every", type=int, default=10)
-    d.add_argument("--ckpt-every", type=int, default=100)
-    d.add_argument("--diag-every", type=int, default=100, help="0 = no diagnostics")
+    d.add_argument("--log-every", type=count(), default=10)
+    d.add_argument("--ckpt-every", type=count(), default=100)
+    d.add_argument("--diag-every", type=integer(0), default=100, help="0 = no diagnostics")
     d.add_argument("--validation", action="store_true",
                    help="score diagnostics on validation clips (the last training clip of each "
                    "scene, then not trained on) instead of the held-out clips: for choosing "
                    "settings without looking at held-out data")  # fmt: skip
-    d.add_argument("--probe-windows", type=int, default=32, help="windows per probe split")
+    d.add_argument(
+        "--probe-windows", type=count(maximum=100_000), default=32, help="windows per probe split"
+    )
     d.add_argument("--no-tensorboard", action="store_true")
     d.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from egosynth.checks import output_dir
+
+    # Checked before any work: a run that cannot write its checkpoints must not train first.
+    output_dir(args.out, inputs=[args.store])
     from egosynth.train.loop import run_from_args
 
     summary = run_from_args(args)

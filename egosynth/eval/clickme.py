@@ -56,6 +56,10 @@ def _masked_crc(data: bytes) -> int:
 
 def _open_maybe_gzip(path: Path) -> BinaryIO:
     """Open a TFRecord file; GZIP-compressed shards (TF's 'GZIP' option) are detected."""
+    from egosynth.readers import check_regular
+
+    if check_regular(path, "ClickMe file").st_size == 0:
+        raise EgosynthError(f"{path}: ClickMe file is empty")
     handle = open(path, "rb")  # returned to the caller, who closes it
     magic = handle.read(2)
     handle.seek(0)
@@ -72,12 +76,10 @@ def iter_tfrecord(path: str | Path) -> Iterator[bytes]:
     is missing, truncated or corrupt.
     """
     path = Path(path)
-    if not path.is_file():
-        raise EgosynthError(f"{path}: TFRecord file not found")
     index, offset = 0, 0
     with _open_maybe_gzip(path) as handle:
         while True:
-            header = handle.read(12)
+            header = _read(handle, 12, path)
             if not header:
                 return
             where = f"{path}: record {index} at byte {offset}"
@@ -87,8 +89,10 @@ def iter_tfrecord(path: str | Path) -> Iterator[bytes]:
             (length_crc,) = struct.unpack("<I", header[8:])
             if _masked_crc(header[:8]) != length_crc:
                 raise EgosynthError(f"{where}: length CRC mismatch: not a TFRecord file or corrupt")
-            data = handle.read(length)
-            footer = handle.read(4)
+            if length > _MAX_RECORD_BYTES:
+                raise EgosynthError(f"{where}: record length {length} is not plausible: corrupt")
+            data = _read(handle, length, path)
+            footer = _read(handle, 4, path)
             if len(data) < length or len(footer) < 4:
                 raise EgosynthError(f"{where}: truncated record (length field says {length} bytes)")
             if _masked_crc(data) != struct.unpack("<I", footer)[0]:
@@ -96,6 +100,19 @@ def iter_tfrecord(path: str | Path) -> Iterator[bytes]:
             yield data
             index += 1
             offset += 16 + length
+
+
+_MAX_RECORD_BYTES = 1 << 30
+
+
+def _read(handle: BinaryIO, n: int, path: Path) -> bytes:
+    """`handle.read(n)`, a damaged GZIP stream becoming one line naming the file."""
+    import zlib
+
+    try:
+        return handle.read(n)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise EgosynthError(f"{path}: damaged GZIP TFRecord file ({exc})") from None
 
 
 def _frame(record: bytes) -> bytes:
@@ -450,9 +467,10 @@ def write_clickme_npz(path: str | Path, sample: ClickMeSample) -> Path:
 
 def read_clickme_npz(path: str | Path) -> ClickMeSample:
     """Read one per-image npz file (keys image, heatmap, label), validating shapes and dtypes."""
+    from egosynth.readers import check_regular
+
     path = Path(path)
-    if not path.is_file():
-        raise EgosynthError(f"{path}: npz file not found")
+    check_regular(path, "npz file")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
@@ -499,7 +517,10 @@ def find_clickme_files(paths: str | Path | Sequence[str | Path]) -> list[Path]:
             if not matches:
                 raise EgosynthError(f"{path}: no ClickMe files (*.tfrecords, *.npz) in this folder")
             found.extend(matches)
-        elif path.is_file():
+        elif path.exists() or path.is_symlink():
+            from egosynth.readers import check_regular
+
+            check_regular(path, "ClickMe file")  # a FIFO, a device, a symlink loop: named
             found.append(path)
         else:
             raise EgosynthError(f"{path}: ClickMe data not found (download it first)")
@@ -529,8 +550,14 @@ def count_clickme_samples(paths: str | Path | Sequence[str | Path]) -> int:
             total += 1
             continue
         with _open_maybe_gzip(path) as handle:
-            while len(header := handle.read(12)) == 12:
-                handle.seek(struct.unpack("<Q", header[:8])[0] + 4, 1)
+            while len(header := _read(handle, 12, path)) == 12:
+                length = struct.unpack("<Q", header[:8])[0]
+                if length > _MAX_RECORD_BYTES:
+                    break  # garbage: reading the records names the problem
+                try:
+                    handle.seek(length + 4, 1)
+                except (OSError, EOFError, ValueError) as exc:
+                    raise EgosynthError(f"{path}: damaged TFRecord file ({exc})") from None
                 total += 1
     return total
 

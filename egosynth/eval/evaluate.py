@@ -73,6 +73,10 @@ def load_split(
     bar = tqdm(total=total, desc=desc, unit="img", disable=not progress)
     for b in iter_clickme_batches(paths, batch_size):
         keep = len(b.labels) if not max_images else min(len(b.labels), max_images - n)
+        bad = np.flatnonzero(b.labels[:keep] < 0)
+        if bad.size:  # the files may hold any int64; a class index cannot be negative
+            i = int(bad[0])
+            raise EgosynthError(f"{b.sources[i]}: label = {int(b.labels[i])}: not a class index")
         images.append(b.images[:keep])
         heat.append(b.heatmaps[:keep])
         labels.append(b.labels[:keep])
@@ -82,6 +86,9 @@ def load_split(
         if max_images and n >= max_images:
             break
     bar.close()
+    if n == 0:
+        shown = paths if isinstance(paths, str | Path) else ", ".join(map(str, paths))
+        raise EgosynthError(f"{shown}: no ClickMe samples in these files")
     return SplitData(np.concatenate(images), np.concatenate(heat), np.concatenate(labels), sources)
 
 

@@ -419,14 +419,13 @@ def export_twin(
 def read_twin_info(folder: str | Path) -> dict[str, Any]:
     """twin.json of a twin folder, checked."""
     path = Path(folder) / "twin.json"
-    if not path.is_file():
+    if not path.exists():
         raise EgosynthError(
             f"{folder}: not a twin (no twin.json; make one with `egosynth eval twin-export`)"
         )
-    try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise EgosynthError(f"{path}: not JSON ({exc})") from None
+    from egosynth.readers import read_json_object
+
+    info = read_json_object(path, "twin.json")
     if info.get("format") != TWIN_FORMAT:
         raise EgosynthError(f"{path}: format = {info.get('format')!r}: expected {TWIN_FORMAT!r}")
     if info.get("version") != TWIN_VERSION:
@@ -437,6 +436,8 @@ def read_twin_info(folder: str | Path) -> dict[str, Any]:
 def read_twin_samples(folder: str | Path) -> dict[str, list[dict]]:
     """samples.json of a twin: per split, where each sample came from (same order as files)."""
     path = Path(folder) / "samples.json"
-    if not path.is_file():
+    if not path.exists():
         return {}
-    return json.loads(path.read_text())
+    from egosynth.readers import read_json_object
+
+    return read_json_object(path, "samples.json")

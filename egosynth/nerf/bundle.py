@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from egosynth.config import SceneConfig, Similarity, validate
 from egosynth.errors import EgosynthError
@@ -72,10 +72,6 @@ def numpy_allow_list() -> list[Any]:
     return allow
 
 
-# torch words it "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y whose module ...".
-_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
-
-
 def safe_torch_load(path: Path) -> Any:
     """torch.load with weights_only=True and the numpy allow-list; refuse anything else.
 
@@ -83,26 +79,12 @@ def safe_torch_load(path: Path) -> Any:
     rejected by torch's weights-only unpickler before anything runs; we turn that into a
     one-line BundleError naming the file and the offending global.
     """
-    import pickle
+    from egosynth.readers import ReadError, torch_load
 
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise BundleError(f"{path}: weights file not found")
     try:
-        with torch.serialization.safe_globals(numpy_allow_list()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        m = _GLOBAL_RE.search(str(exc))
-        what = f"it references {m.group(1)}" if m else "it is not a plain weights pickle"
-        raise BundleError(
-            f"{path}: refused to load: {what}; only tensors and plain numpy scalars are "
-            "allowed (loading never executes code from a file)"
-        ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BundleError(f"{path}: not a readable torch weights file ({first})") from None
+        return torch_load(path, "weights file", numpy_allow_list())
+    except ReadError as exc:
+        raise BundleError(str(exc)) from None
 
 
 def load_weights(path: Path) -> dict[str, Any]:
@@ -206,9 +188,12 @@ def parse_meta(path: Path, data: Any) -> BundleMeta:
         )
     try:
         w = Similarity.model_validate(data.get("world_from_scene", {}))
-    except Exception as exc:  # pydantic's message, first line only
+    except ValidationError as exc:  # the field and the value, not pydantic's URL
+        err = exc.errors()[0]
+        loc = ".".join(["world_from_scene", *(str(p) for p in err["loc"])])
+        value = err.get("input")
         raise BundleError(
-            f"{path}: field 'world_from_scene': {str(exc).splitlines()[-1]}"
+            f"{path}: field '{loc}' = {value!r:.60}: {err['msg'].removeprefix('Value error, ')}"
         ) from None
     return BundleMeta(
         method=method,
@@ -223,12 +208,14 @@ def parse_meta(path: Path, data: Any) -> BundleMeta:
 
 
 def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise BundleError(f"{path}: file not found")
+    """A bundle's JSON file through the one reading path; refused if it leaves the bundle."""
+    from egosynth.readers import ReadError, check_inside, read_json
+
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: invalid JSON ({exc})") from None
+        check_inside(path.parent, path)
+        return read_json(path)
+    except ReadError as exc:
+        raise BundleError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- bundle
@@ -281,12 +268,17 @@ def read_bundle(root: str | Path) -> Bundle:
     root = Path(root).resolve()
     if not root.is_dir():
         raise BundleError(f"{root}: bundle folder not found")
+    from egosynth.readers import ReadError, check_inside, check_regular
+
     meta = parse_meta(root / BUNDLE_JSON, _read_json(root / BUNDLE_JSON))
-    if not (root / WEIGHTS).is_file():
-        raise BundleError(f"{root / WEIGHTS}: weights file not found")
+    try:  # never opened here, but it must be a regular file inside the bundle
+        check_inside(root, root / WEIGHTS, "weights file")
+        check_regular(root / WEIGHTS, "weights file")
+    except ReadError as exc:
+        raise BundleError(str(exc)) from None
     annotations = None
     ann_path = root / ANNOTATIONS
-    if ann_path.exists():
+    if ann_path.exists() or ann_path.is_symlink():
         data = _read_json(ann_path)
         if not isinstance(data, dict):
             raise BundleError(f"{ann_path}: expected a JSON object")

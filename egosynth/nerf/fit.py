@@ -14,7 +14,6 @@ The fitted run is then imported into a bundle (egosynth.nerf.importer).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,9 +84,11 @@ PRESETS: dict[str, Preset] = {
 
 
 def _capture_has_depth(capture: Path) -> bool:
+    from egosynth.readers import read_json
+
     try:
-        frames = json.loads((capture / "transforms.json").read_text())["frames"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        frames = read_json(capture / "transforms.json", "capture transforms file")["frames"]
+    except (KeyError, TypeError) as exc:
         raise EgosynthError(f"{capture / 'transforms.json'}: unreadable capture ({exc})") from None
     return bool(frames) and all("depth_file_path" in f for f in frames)
 

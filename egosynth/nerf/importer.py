@@ -69,10 +69,10 @@ def model_weights(ckpt_path: Path) -> tuple[dict[str, Any], int]:
 
 def _dataparser(run: Path) -> tuple[list[list[float]], float]:
     path = run / "dataparser_transforms.json"
-    if not path.is_file():
-        raise EgosynthError(f"{path}: file not found (needed for the dataparser transform)")
+    from egosynth.readers import read_json
+
+    data = read_json(path, "dataparser transforms file")
     try:
-        data = json.loads(path.read_text())
         return [list(map(float, r)) for r in data["transform"]], float(data["scale"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise EgosynthError(f"{path}: field 'transform'/'scale' unreadable ({exc})") from None

@@ -248,10 +248,9 @@ def read_capture(root: Path) -> Capture:
     """Read transforms.json of a capture written by `write_capture` (or any nerfstudio
     pinhole capture with per-capture intrinsics)."""
     path = root / "transforms.json"
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise EgosynthError(f"{path}: cannot read ({exc})") from None
+    from egosynth.readers import read_json_object
+
+    meta = read_json_object(path, "capture transforms file")
     for key in ("fl_x", "fl_y", "cx", "cy", "w", "h", "frames"):
         if key not in meta:
             raise EgosynthError(f"{path}: {key} = None: missing (per-frame intrinsics unsupported)")

@@ -73,21 +73,17 @@ def save_checkpoint(path: str | Path, states: dict[str, Any], meta: dict[str, An
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint with the weights-only loader. Returns the states with `meta` parsed."""
+    from egosynth.readers import torch_load
+
     path = Path(path)
-    if not path.is_file():
-        raise EgosynthError(f"{path}: checkpoint not found")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # the weights-only unpickler raises several types
-        first = str(exc).strip().split("\n")[0]
-        raise EgosynthError(f"{path}: not a loadable weights-only checkpoint ({first})") from None
+    payload = torch_load(path, "checkpoint", map_location=map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise EgosynthError(f"{path}: format is not {FORMAT!r}")
     if payload.get("version") != VERSION:
         raise EgosynthError(f"{path}: version = {payload.get('version')!r}: expected {VERSION}")
     try:
         payload["meta"] = json.loads(payload.pop("meta_json"))
-    except (KeyError, json.JSONDecodeError) as exc:
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise EgosynthError(f"{path}: meta_json is missing or not JSON ({exc})") from None
     return payload
 
