@@ -26,6 +26,7 @@ from pydantic import (
 from egosynth.errors import ConfigError
 from egosynth.presets import PRESETS
 from egosynth.readers import read_yaml as _read_yaml
+from egosynth.readers import resolve
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCENE_CONFIGS = REPO_ROOT / "scene_configs"
@@ -170,10 +171,11 @@ class SceneConfig(StrictModel):
         from shapely.geometry import Point, Polygon
 
         floor = Polygon(self.floor).buffer(ROOM_MARGIN_M)
-        for o in self.objects:
+        for i, o in enumerate(self.objects):
             if not floor.covers(Point(o.center[0], o.center[1])):
                 raise ValueError(
-                    f"object {o.name!r} at {tuple(o.center)} lies outside the floor polygon"
+                    f"objects.{i}.center = {list(o.center)} ({o.name!r}) lies outside the floor "
+                    "polygon: an object must be in the room"
                 )
 
     @property
@@ -326,11 +328,15 @@ def _raise_first(path: Path, exc: ValidationError, data: Any) -> None:
     if err["type"] == "missing":
         value = None
     msg = err["msg"].removeprefix("Value error, ")
+    if not err["loc"]:  # a model-level check: its message names the fields
+        raise ConfigError(path, None, None, msg) from None
     raise ConfigError(path, loc, value, msg) from None
 
 
 def validate(model: type[BaseModel], data: Any, path: Path) -> Any:
     """Validate `data` as `model`, turning the first problem into a one-line ConfigError."""
+    if data is None:
+        raise ConfigError(path, None, None, "the file is empty (expected a mapping)")
     if not isinstance(data, dict):
         raise ConfigError(path, "", data, "expected a mapping at the top level")
     try:
@@ -341,7 +347,7 @@ def validate(model: type[BaseModel], data: Any, path: Path) -> Any:
 
 def load_scene(path: str | Path) -> SceneConfig:
     """Load and validate a scene config."""
-    path = Path(path).resolve()
+    path = resolve(path, "config")
     scene = validate(SceneConfig, read_yaml(path), path)
     scene._source = path
     return scene
@@ -349,7 +355,7 @@ def load_scene(path: str | Path) -> SceneConfig:
 
 def load_scene_set(path: str | Path) -> SceneSetConfig:
     """Load a scene set and every scene it lists (scene paths are relative to the set file)."""
-    path = Path(path).resolve()
+    path = resolve(path, "config")
     sset = validate(SceneSetConfig, read_yaml(path), path)
     sset._source = path
     scenes = []

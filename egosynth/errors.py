@@ -20,11 +20,14 @@ class EgosynthError(Exception):
 class ConfigError(EgosynthError):
     """A config file is malformed: names the file, the field and the offending value."""
 
-    def __init__(self, path: object, field: str, value: object, reason: str) -> None:
+    def __init__(self, path: object, field: str | None, value: object, reason: str) -> None:
         shown = repr(value)
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        super().__init__(f"{path}: {field or '<root>'} = {shown}: {reason}")
+        if field is None:  # a problem of the whole file (or of several fields together)
+            super().__init__(f"{path}: {reason}")
+        else:
+            super().__init__(f"{path}: {field or '<root>'} = {shown}: {reason}")
         self.path, self.field, self.value, self.reason = path, field, value, reason
 
 

@@ -29,6 +29,7 @@ from pydantic import Field, field_validator, model_validator
 
 from egosynth.config import StrictModel, read_yaml, validate
 from egosynth.errors import ConfigError, EgosynthError
+from egosynth.readers import resolve
 
 
 class Stage(StrictModel):
@@ -93,7 +94,7 @@ class StageResult:
 
 
 def load_pipeline(path: str | Path, overrides: dict[str, str] | None = None) -> Pipeline:
-    path = Path(path).resolve()
+    path = resolve(path, "config")
     data = read_yaml(path)
     if isinstance(data, dict) and overrides:
         data = {**data, "vars": {**(data.get("vars") or {}), **overrides}}
@@ -182,7 +183,7 @@ def run_pipeline(
     With `jobs` > 1, independent stages run concurrently and each stage's output goes to
     `<workdir>/logs/<stage>.log`; with 1 job it goes to the terminal.
     """
-    path = Path(path).resolve()
+    path = resolve(path, "config")
     pipe = load_pipeline(path, overrides)
     env = pipeline_env(pipe, path)
     workdir = Path(env["workdir"])

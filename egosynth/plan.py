@@ -48,9 +48,10 @@ def check_plan(
     total = n * len(sset.scene_configs)
     held = total if clips_in_memory == 0 else min(clips_in_memory, total)
     frames = sset.frames_per_clip
+    clips = f"{total:,} clip{'s' if total != 1 else ''}"
     check_memory(
         total * PLAN_BYTES + held * frames * TRAJECTORY_BYTES_PER_FRAME,
-        f"{total:,} clips of {frames:,} frames ({sset.clip_seconds:g} s at {sset.fps:g} fps)",
+        f"{clips} of {frames:,} frames ({sset.clip_seconds:g} s at {sset.fps:g} fps)",
     )
     return total
 

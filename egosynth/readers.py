@@ -61,6 +61,14 @@ def check_regular(path: str | Path, what: str = "file") -> os.stat_result:
     return st
 
 
+def resolve(path: str | Path, what: str = "file") -> Path:
+    """`Path(path).resolve()`, a symlink loop becoming a one-line ReadError."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError):  # pathlib raises RuntimeError on a loop
+        raise ReadError(f"{path}: {what} is a symlink loop") from None
+
+
 def check_inside(root: str | Path, path: str | Path, what: str = "file") -> Path:
     """`path` resolved, refused (without opening it) if a symlink takes it out of `root`."""
     real_root = Path(os.path.realpath(root))

@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from egosynth.checks import output_file
     from egosynth.errors import EgosynthError
     from egosynth.store import ClipStore
 
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(f"{base}_{clip.clip_id}.mp4" if "://" not in base else f"{clip.clip_id}.mp4")
     if out.suffix.lower() not in (".mp4", ".gif"):
         raise EgosynthError(f"--out = {str(out)!r}: must end in .mp4 or .gif")
+    output_file(out, inputs=[args.store])
     n = write_preview(clip, out)
     print(f"wrote {out} ({n} frames of {clip.clip_id})")
     return 0

@@ -137,6 +137,10 @@ def run(args: argparse.Namespace) -> int:
 
     # Checked before any work: a run that cannot write its checkpoints must not train first.
     output_dir(args.out, inputs=[args.store])
+    if args.resume not in (None, "latest"):  # a refused or unreadable checkpoint: before work
+        from egosynth.train.checkpoint import load_checkpoint
+
+        load_checkpoint(args.resume)
     from egosynth.train.loop import run_from_args
 
     summary = run_from_args(args)

@@ -265,7 +265,9 @@ def _annotations_dict(scene: SceneConfig) -> dict[str, Any]:
 
 def read_bundle(root: str | Path) -> Bundle:
     """Open a bundle folder: parse and validate its plain files (weights are read later)."""
-    root = Path(root).resolve()
+    from egosynth.readers import resolve
+
+    root = resolve(root, "bundle folder")
     if not root.is_dir():
         raise BundleError(f"{root}: bundle folder not found")
     from egosynth.readers import ReadError, check_inside, check_regular

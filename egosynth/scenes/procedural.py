@@ -432,8 +432,9 @@ def scene_yaml(gen: GeneratorConfig, index: int) -> str:
 def load_generator(path: str | Path) -> GeneratorConfig:
     """Load a generator config YAML (one-line ConfigError on problems)."""
     from egosynth.config import read_yaml, validate
+    from egosynth.readers import resolve
 
-    path = Path(path).resolve()
+    path = resolve(path, "config")
     return validate(GeneratorConfig, read_yaml(path), path)
 
 
