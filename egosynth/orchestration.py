@@ -186,7 +186,7 @@ def render_set(
     `on_start(worker_infos)` is called once the actors are up (pid, gpu_ids each) and
     `on_result(stats)` after each finished clip; both are hooks for tools and tests.
     """
-    from egosynth.store import complete_clip_ids, finalize_store, prepare_store, writer_lock
+    from egosynth.store import complete_clip_ids, finalized_on_exit, prepare_store, writer_lock
 
     store_path = str(store_path)
     _preflight(sset)
@@ -194,29 +194,31 @@ def render_set(
     with writer_lock(store_path):  # one driver per store: a second would render clips twice
         prepare_store(store_path, fp, store_attrs(sset), overwrite=overwrite)
         plans = plan_clips(sset, clips_per_scene)
-        complete = complete_clip_ids(store_path, fp)
-        todo = [p for p in plans if p.clip_id not in complete]
-        report = RenderReport(planned=len(plans), skipped=len(plans) - len(todo))
-        if todo:
-            cluster = _Cluster(address, workers)
-            try:
-                _run(
-                    sset,
-                    store_path,
-                    todo,
-                    report,
-                    workers,
-                    device,
-                    max_attempts,
-                    chunk_frames,
-                    renderer_factory or _open_renderer,
-                    progress,
-                    on_result,
-                    on_start,
-                )
-            finally:
-                cluster.close()
-        finalize_store(store_path, [p.clip_id for p in plans])
+        # The index and store_status are written at the end, also when interrupted (Ctrl-C,
+        # an error): "rendering" must not outlive the run (live readers would wait for it).
+        with finalized_on_exit(store_path, [p.clip_id for p in plans]):
+            complete = complete_clip_ids(store_path, fp)
+            todo = [p for p in plans if p.clip_id not in complete]
+            report = RenderReport(planned=len(plans), skipped=len(plans) - len(todo))
+            if todo:
+                cluster = _Cluster(address, workers)
+                try:
+                    _run(
+                        sset,
+                        store_path,
+                        todo,
+                        report,
+                        workers,
+                        device,
+                        max_attempts,
+                        chunk_frames,
+                        renderer_factory or _open_renderer,
+                        progress,
+                        on_result,
+                        on_start,
+                    )
+                finally:
+                    cluster.close()
     return report
 
 

@@ -144,13 +144,13 @@ def render_set(
     small store in tests and benchmarks.
     """
     from egosynth.render import open_renderer
-    from egosynth.store import finalize_store, prepare_store, writer_lock
+    from egosynth.store import finalized_on_exit, prepare_store, writer_lock
 
     with writer_lock(store_path):
         prepare_store(store_path, config_fingerprint(sset), store_attrs(sset))
-        renderers = {s.name: open_renderer(s) for s in sset.scene_configs}
         plans = plan_clips(sset, clips_per_scene)
-        for p in plans:
-            render_clip(sset, p, store_path, renderers[p.scene], chunk_frames)
-        finalize_store(store_path, [p.clip_id for p in plans])
+        with finalized_on_exit(store_path, [p.clip_id for p in plans]):
+            renderers = {s.name: open_renderer(s) for s in sset.scene_configs}
+            for p in plans:
+                render_clip(sset, p, store_path, renderers[p.scene], chunk_frames)
     return Path(store_path)

@@ -70,6 +70,14 @@ SCHEMA_VERSION = 1
 CLIPS = "clips"
 COMPLETE = "complete"
 WRITING = "writing"
+# Root `store_status`: "rendering" while a driver runs; at its end "complete" (every planned
+# clip complete), "incomplete" (some failed) or "interrupted" (stopped: Ctrl-C, an error).
+RENDERING, INCOMPLETE, INTERRUPTED = "rendering", "incomplete", "interrupted"
+FINISHED = (COMPLETE, INCOMPLETE, INTERRUPTED)  # no driver is writing the store any more
+# Arrays that may omit chunks (and rgb frames) that are entirely the fill value: an absent
+# chunk of these reads as all background. Every chunk of every other array is stored, so a
+# missing one is an error. Recorded per clip in its `sparse_arrays` attr.
+SPARSE_ARRAYS = ("instance", "part")
 TARGET_CHUNK_BYTES = 1 << 20  # ~1 MiB of rgb per chunk: big enough to compress, small to stream
 MAX_CHUNK_FRAMES = 8
 
@@ -204,9 +212,12 @@ class _Direct:
     dtype: np.dtype
     fill: Any
     blosc: numcodecs.Blosc
+    sparse: bool = True  # chunks entirely the fill value are not stored (a missing one is fill)
 
     @classmethod
-    def from_metadata(cls, folder: Path, md: Mapping[str, Any]) -> _Direct | None:
+    def from_metadata(
+        cls, folder: Path, md: Mapping[str, Any], sparse: bool = True
+    ) -> _Direct | None:
         """The direct reader of an array's zarr.json document, or None (use zarr)."""
         if sys.byteorder != "little":  # decoded bytes are used as native numbers
             return None
@@ -233,7 +244,8 @@ class _Direct:
                 blocksize=int(b.get("blocksize", 0)),
                 typesize=int(b.get("typesize", dtype.itemsize)),
             )
-            return cls(folder, shape, chunks, dtype, np.array(md["fill_value"], dtype), blosc)
+            fill = np.array(md["fill_value"], dtype)
+            return cls(folder, shape, chunks, dtype, fill, blosc, sparse)
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
 
@@ -270,7 +282,8 @@ class _Direct:
         return out
 
     def _decode(self, c: int, dst: NDArray) -> None:
-        """Decode chunk `c` into the C-contiguous `dst` (fill value when never written).
+        """Decode chunk `c` into the C-contiguous `dst` (fill value when never written, if the
+        array is sparse; a missing chunk of any other array is an error).
 
         A chunk Blosc stored uncompressed (clevel 0, or data it could not shrink) holds the
         data as it is after the 16-byte header: it is read straight into `dst` and checksummed
@@ -299,6 +312,8 @@ class _Direct:
                     checksum = crc32c.crc32c(body)
                 crc = f.read(_CRC_BYTES)
         except FileNotFoundError:
+            if not self.sparse:
+                raise _CorruptChunk(f"{key}: missing (this array stores every chunk)") from None
             dst[...] = self.fill
             return
         if checksum != int.from_bytes(crc, "little"):
@@ -317,8 +332,8 @@ class _Direct:
         """Write rows [start, start + len(data)): chunk-aligned, ending on a chunk boundary or
         at the end of the array (the last chunk is padded with the fill value, as zarr does).
 
-        A chunk that is entirely the fill value is not stored (zarr's write_empty_chunks=False).
-        `made` remembers folders already created by this writer.
+        A chunk that is entirely the fill value is not stored in a sparse array (zarr's
+        write_empty_chunks=False). `made` remembers folders already created by this writer.
         """
         cf = self.chunks[0]
         for lo in range(0, len(data), cf):
@@ -328,7 +343,7 @@ class _Direct:
                 full[: len(block)] = block
                 block = full
             path = self.folder / self.key((start + lo) // cf)
-            if not np.any(block != self.fill):
+            if self.sparse and not np.any(block != self.fill):
                 path.unlink(missing_ok=True)
                 continue
             payload = self.blosc.encode(np.ascontiguousarray(block, self.dtype))
@@ -439,6 +454,7 @@ class _Frames:
     shard: int
     dtype: np.dtype
     fill: Any
+    sparse: bool = True  # frames of fill values are not stored (a missing one reads as fill)
 
     @cached_property
     def frame_bytes(self) -> int:
@@ -450,7 +466,9 @@ class _Frames:
         return 16 * self.shard + _CRC_BYTES
 
     @classmethod
-    def from_metadata(cls, folder: Path, md: Mapping[str, Any]) -> _Frames | None:
+    def from_metadata(
+        cls, folder: Path, md: Mapping[str, Any], sparse: bool = True
+    ) -> _Frames | None:
         """The direct reader of an array's zarr.json document, or None (not this layout)."""
         if sys.byteorder != "little":
             return None
@@ -481,7 +499,7 @@ class _Frames:
                 return None
             # absolute: the shard cache's keys must not depend on how the store was named
             fill = np.array(md["fill_value"], dtype)
-            return cls(folder.absolute(), shape, shards[0], dtype, fill)
+            return cls(folder.absolute(), shape, shards[0], dtype, fill, sparse)
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
 
@@ -522,6 +540,8 @@ class _Frames:
         try:
             st = os.stat(path)
         except FileNotFoundError:
+            if not self.sparse:
+                raise _CorruptChunk(f"{key}: missing (this array stores every frame)") from None
             out[...] = self.fill
             return
         state = _SHARDS.get(path, _stamp(st))
@@ -581,6 +601,9 @@ class _Frames:
         if state.checked != (1 << self.shard) - 1:  # else (steady state) nothing to check
             at = self._at(state, local)
             self._check(state, src, key, local, at)
+            if not self.sparse and min(at, default=0) < 0:
+                f = local[at.index(min(at))]
+                raise _CorruptChunk(f"{key}: frame {f} of the shard is missing")
         flat = out.reshape(len(out), -1).view(np.uint8)
         if state.offsets is None:  # (frame, byte) view of the shard: one copy for all
             frames = src[: self.shard * step].reshape(self.shard, step)
@@ -613,8 +636,8 @@ class _Frames:
 
     def write(self, start: int, data: NDArray, made: set[Path]) -> None:
         """Write rows [start, start + len(data)): shard-aligned, ending on a shard boundary or
-        at the end of the array. Frames equal to the fill value are not stored, and a shard of
-        nothing but such frames is no file (zarr's write_empty_chunks=False)."""
+        at the end of the array. In a sparse array frames equal to the fill value are not stored,
+        and a shard of nothing but such frames is no file (zarr's write_empty_chunks=False)."""
         for lo in range(0, len(data), self.shard):
             block = data[lo : lo + self.shard]
             path = self.folder / self.key((start + lo) // self.shard)
@@ -622,7 +645,7 @@ class _Frames:
             parts: list[Any] = []
             pos = 0
             for i, frame in enumerate(block):
-                if not np.any(frame != self.fill):
+                if self.sparse and not np.any(frame != self.fill):
                     continue
                 raw = np.ascontiguousarray(frame, self.dtype)
                 parts += [raw, _crc(raw)]
@@ -641,9 +664,12 @@ def _default_keys(md: Mapping[str, Any]) -> bool:
     return cke["name"] == "default" and sep == "/"
 
 
-def _direct_io(folder: Path, md: Mapping[str, Any]) -> _Direct | _Frames | None:
-    """The direct chunk reader/writer of an array's zarr.json document, or None (use zarr)."""
-    return _Direct.from_metadata(folder, md) or _Frames.from_metadata(folder, md)
+def _direct_io(
+    folder: Path, md: Mapping[str, Any], sparse: bool = True
+) -> _Direct | _Frames | None:
+    """The direct chunk reader/writer of an array's zarr.json document, or None (use zarr).
+    `sparse`: whether chunks of fill values may be absent (else a missing one is an error)."""
+    return _Direct.from_metadata(folder, md, sparse) or _Frames.from_metadata(folder, md, sparse)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -660,38 +686,71 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     """A zarr.json document, or None when there is none (or it is not a JSON object)."""
+    doc, _ = _json_doc(path)
+    return doc
+
+
+def _json_doc(path: Path, node: str | None = None) -> tuple[dict[str, Any] | None, str | None]:
+    """(document, None) for a readable zarr.json (of `node_type` `node`, if given); (None,
+    None) when there is none; (None, why) when it is there but unusable (corrupt).
+
+    egosynth and zarr write zarr.json atomically (temp file, then rename), so a document that
+    exists but does not parse was damaged afterwards: never a writer's intermediate state.
+    """
     try:
-        doc = json.loads(path.read_bytes())
-    except (FileNotFoundError, NotADirectoryError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
+        raw = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None, None
+    except OSError as exc:
+        return None, f"{path.name} cannot be read ({exc.strerror or exc})"
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None, f"{path.name} is not valid JSON"
+    if not isinstance(doc, dict):
+        return None, f"{path.name} is not a JSON object"
+    if node is not None and doc.get("node_type") != node:
+        return None, f"{path.name}: node_type = {doc.get('node_type')!r}, expected {node!r}"
+    return doc, None
 
 
-def _scan_groups(folder: Path) -> dict[str, dict[str, Any]]:
+def _scan_groups(folder: Path, bad: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """name -> attributes of every child GROUP of a local group folder.
 
     Listing the folder ourselves skips what a live writer has not finished (a folder without
-    zarr.json yet, `*.partial` temp files) silently, where zarr's listing warns on each.
+    zarr.json yet, `*.partial` temp files) silently, where zarr's listing warns on each. A
+    child whose zarr.json is there but corrupt (not JSON, not a group) is never a writer's
+    intermediate state: it goes into `bad` (name -> why) when given, else it is an error.
     """
     out: dict[str, dict[str, Any]] = {}
     try:
         entries = list(os.scandir(folder))
     except FileNotFoundError:
         return out
-    for entry in entries:
+    for entry in sorted(entries, key=lambda e: e.name):
         if not entry.is_dir():
             continue
-        doc = _read_json(Path(entry.path) / "zarr.json")  # None: being created, not zarr
-        if doc is not None and doc.get("node_type") == "group":
-            out[entry.name] = dict(doc.get("attributes") or {})
+        doc, why = _json_doc(Path(entry.path) / "zarr.json", "group")  # None: being created
+        attrs = None if doc is None else doc.get("attributes", {})
+        if doc is not None and not isinstance(attrs, dict):
+            why = "zarr.json: attributes are not a JSON object"
+        if why is not None:
+            if bad is None:
+                raise EgosynthError(f"{folder.parent}: clip {entry.name}: {why} (corrupt)")
+            bad[entry.name] = why
+        elif attrs is not None:
+            out[entry.name] = dict(attrs)
     return out
 
 
-def _clip_attrs(path: str | Path, root: zarr.Group) -> dict[str, dict[str, Any]]:
-    """clip id -> attributes of every clip group (complete or not) of an open store."""
+def _clip_attrs(
+    path: str | Path, root: zarr.Group, bad: dict[str, str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """clip id -> attributes of every clip group (complete or not) of an open store; a
+    corrupt clip group is an error, or goes into `bad` when given (see `_scan_groups`)."""
     local = _local(path)
     if local is not None and root.metadata.consolidated_metadata is None:
-        return _scan_groups(local / CLIPS)
+        return _scan_groups(local / CLIPS, bad)
     if CLIPS not in root:
         return {}
     clips = root[CLIPS]
@@ -710,6 +769,11 @@ def prepare_store(
     A store made from a different config (other fingerprint or schema) is refused unless
     `overwrite`; anything at `path` that is not an egosynth store is never touched. Opening
     drops the consolidated metadata, so readers never trust a stale index while rendering.
+
+    A local store's folder is never replaced, only emptied (`--overwrite`) and filled: the
+    driver's write lock (`writer_lock`) lives on that folder. A new store gets a random
+    `store_id`, kept as long as the store is extended or resumed (a trainer's checkpoint
+    records it: resuming on another store is refused).
     """
     local = _local(path)
     if local is not None and local.exists():
@@ -728,17 +792,27 @@ def prepare_store(
             )
         if overwrite:
             _remove_store(path)
+    kept = old if old is not None and not overwrite else {}
     base = {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
         "egosynth_version": __version__,
         "fingerprint": fingerprint,
         **attrs,
-        "store_status": "rendering",
+        "store_status": RENDERING,
     }
+    if kept.get("store_id") or not kept:  # stores made before store_id existed keep none
+        base["store_id"] = kept.get("store_id") or uuid.uuid4().hex
     try:
         if local is not None:
+            # Written here, not by zarr.open_group(mode="w"): that deletes and recreates the
+            # folder (a new inode), and the write lock held on the old one would guard nothing.
             local.mkdir(parents=True, exist_ok=True)
+            (local / CLIPS).mkdir(exist_ok=True)
+            _write_atomic(local / "zarr.json", _group_doc(base))
+            if not (local / CLIPS / "zarr.json").is_file():
+                _write_atomic(local / CLIPS / "zarr.json", _group_doc({}))
+            return
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*onsolidated metadata.*")
             try:
@@ -772,10 +846,12 @@ def writer_lock(path: str | Path) -> Iterator[None]:
     """Hold the store's write lock: one render driver per store at a time.
 
     A second render into the same local store (another terminal, a rerun while the first
-    still runs) would plan the same missing clips and write them twice. The lock is an
-    exclusive `flock` on the store folder itself (no lock file to go stale: the kernel drops
-    it when the process dies). The folder is created empty if missing (and removed again if
-    the locked work fails before writing anything). URL stores are not locked.
+    still runs, with or without --overwrite) would plan the same clips and write them twice.
+    The lock is an exclusive `flock` on the store folder itself (no lock file to go stale:
+    the kernel drops it when the process dies). It guards the folder the render writes
+    because egosynth never replaces that folder (`prepare_store` and `--overwrite` empty and
+    fill it; see `_check_locked`). The folder is created empty if missing (and removed again
+    if the locked work fails before writing anything). URL stores are not locked.
     """
     local = _local(path)
     if local is None:
@@ -784,26 +860,63 @@ def writer_lock(path: str | Path) -> Iterator[None]:
     if local.exists() and not local.is_dir():
         raise EgosynthError(f"{path}: exists and is not a Zarr store; refusing to touch it")
     made = not local.exists()
+    fd = _lock_folder(path, local)
     try:
-        local.mkdir(parents=True, exist_ok=True)
-        fd = os.open(local, os.O_RDONLY)
-    except OSError as exc:
-        raise EgosynthError(f"{path}: cannot write the store ({exc.strerror or exc})") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise EgosynthError(
-                f"{path}: another egosynth process is writing this store (it holds the "
-                "store's write lock); wait for it to finish, or render to another --out"
-            ) from None
         try:
             yield
+            _check_locked(path, local, fd)
         finally:
             if made and local.is_dir() and not any(local.iterdir()):
                 local.rmdir()  # failed before writing: leave no empty folder behind
     finally:
         os.close(fd)
+
+
+def _lock_folder(path: str | Path, local: Path) -> int:
+    """Open and exclusively flock the folder now at `local` (made if missing); the descriptor.
+
+    The folder at the path must still be the one locked once the lock is held: a holder that
+    removed its empty folder (see `writer_lock`) leaves a waiter a lock on a deleted inode, so
+    that case locks again.
+    """
+    for _ in range(5):
+        try:
+            local.mkdir(parents=True, exist_ok=True)
+            fd = os.open(local, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            why = exc.strerror or exc
+            raise EgosynthError(f"{path}: cannot write the store ({why})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise EgosynthError(
+                f"{path}: another egosynth process is writing this store (it holds the "
+                "store's write lock); wait for it to finish, or render to another --out"
+            ) from None
+        if _same_folder(local, fd):
+            return fd
+        os.close(fd)
+    raise EgosynthError(f"{path}: the store folder keeps being replaced; cannot lock it")
+
+
+def _same_folder(local: Path, fd: int) -> bool:
+    """Whether the folder at `local` is the one open as `fd` (same device and inode)."""
+    try:
+        st, mine = os.stat(local), os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _check_locked(path: str | Path, local: Path, fd: int) -> None:
+    """Fail loudly if the locked store folder was replaced while locked: the lock would not
+    have guarded what was written (a bug, or a process that ignores the lock)."""
+    if local.exists() and not _same_folder(local, fd):
+        raise EgosynthError(
+            f"{path}: the store folder was replaced while this render held its write lock; "
+            "another process may have written it: check it with egosynth inspect --validate"
+        )
 
 
 def _remove_store(path: str | Path) -> None:
@@ -823,23 +936,28 @@ def _remove_store(path: str | Path) -> None:
         asyncio.run(store.delete_dir(""))
 
 
-def finalize_store(path: str | Path, planned: Sequence[str]) -> dict[str, Any]:
+def finalize_store(
+    path: str | Path, planned: Sequence[str], interrupted: bool = False
+) -> dict[str, Any]:
     """Write the root index and label table, then consolidate metadata (driver only, once).
 
     Returns the index: clip id -> summary of every complete clip. `store_status` becomes
-    "complete" when every planned clip is complete.
+    "complete" when every planned clip is complete, else "incomplete"; "interrupted" when the
+    run was stopped before its end (`interrupted`: Ctrl-C, an error), so that readers stop
+    waiting for it. A corrupt clip group is left out of the index (the next run redoes it).
     """
     root = _open_root(path, "r+")
     index: dict[str, Any] = {}
     labels: dict[str, Any] = {}
-    for cid, a in sorted(_clip_attrs(path, root).items()):
+    for cid, a in sorted(_clip_attrs(path, root, bad={}).items()):
         if a.get("status") != COMPLETE:
             continue
         index[cid] = {k: a[k] for k in ("scene", "n_frames", "fps", "width", "height", "seed")}
         labels.setdefault(a["scene"], a.get("labels", []))
     done = all(cid in index for cid in planned)
     attrs = root.attrs.asdict()
-    attrs.update(index=index, labels=labels, store_status=COMPLETE if done else "incomplete")
+    status = INTERRUPTED if interrupted else COMPLETE if done else INCOMPLETE
+    attrs.update(index=index, labels=labels, store_status=status)
     root.attrs.put(attrs)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*onsolidated metadata.*")
@@ -850,10 +968,28 @@ def finalize_store(path: str | Path, planned: Sequence[str]) -> dict[str, Any]:
     return index
 
 
+@contextmanager
+def finalized_on_exit(path: str | Path, planned: Sequence[str]) -> Iterator[None]:
+    """Finalize the store when the block ends (the driver's render): normally, or marked
+    "interrupted" when it raises (KeyboardInterrupt included), so that `store_status` never
+    stays "rendering" after the driver is gone. A driver killed outright (SIGKILL) cannot:
+    live readers then stop at their idle timeout, and the next render redoes the rest."""
+    try:
+        yield
+    except BaseException:
+        try:
+            finalize_store(path, planned, interrupted=True)
+        except Exception:  # best effort: the error that stopped the run is what to report
+            pass
+        raise
+    finalize_store(path, planned)
+
+
 def complete_clip_ids(path: str | Path, fingerprint: str | None = None) -> set[str]:
-    """Ids of clips whose status is complete (and, if given, made from `fingerprint`)."""
+    """Ids of clips whose status is complete (and, if given, made from `fingerprint`); a
+    corrupt clip group is not complete (a render redoes it)."""
     out = set()
-    for cid, a in _clip_attrs(path, _open_root(path, "r+")).items():
+    for cid, a in _clip_attrs(path, _open_root(path, "r+"), bad={}).items():
         if a.get("status") == COMPLETE and (
             fingerprint is None or a.get("fingerprint") == fingerprint
         ):
@@ -957,6 +1093,10 @@ class ClipWriter:
 
     `rgb` is the rgb layout: "raw" (default; frames with a checksum each, read frame by frame)
     or "lz4" (Blosc chunks like the other image arrays: ~1.4-1.9x smaller, slower to read).
+
+    `sparse`: the arrays that skip chunks (and rgb frames) entirely of the fill value (default
+    SPARSE_ARRAYS: the masks of empty views); every chunk of the others is written, so that a
+    reader can tell a missing chunk from data. Recorded in the clip's `sparse_arrays` attr.
     """
 
     def __init__(
@@ -973,9 +1113,13 @@ class ClipWriter:
         clevel: int = 5,
         rgb: str = "raw",
         direct: bool = True,
+        sparse: Sequence[str] = SPARSE_ARRAYS,
     ) -> None:
         if rgb not in RGB_LAYOUTS:
             raise EgosynthError(f"{path}: rgb layout {rgb!r}: must be one of {RGB_LAYOUTS}")
+        if any(name not in ARRAY_NAMES for name in sparse):
+            raise EgosynthError(f"{path}: sparse arrays {list(sparse)}: not all in {ARRAY_NAMES}")
+        self.sparse = tuple(n for n in ARRAY_NAMES if n in sparse)
         self.path, self.clip_id, self.n_frames = str(path), clip_id, n_frames
         self.chunk_frames = chunk_frames or default_chunk_frames(height, width)
         self.attrs = {
@@ -985,6 +1129,7 @@ class ClipWriter:
             "height": height,
             "width": width,
             "chunk_frames": self.chunk_frames,
+            "sparse_arrays": list(self.sparse),
             "schema_version": SCHEMA_VERSION,
         }
         # The token fences off a stray earlier writer: only the writer whose token is in the
@@ -1019,7 +1164,7 @@ class ClipWriter:
         for name, doc in _array_docs(*layout).items():
             (self.folder / name).mkdir()
             _write_atomic(self.folder / name / "zarr.json", doc)
-            d = _direct_io(self.folder / name, json.loads(doc))
+            d = _direct_io(self.folder / name, json.loads(doc), name in self.sparse)
             if d is not None:
                 self.direct[name] = d
 
@@ -1037,7 +1182,8 @@ class ClipWriter:
     def _array(self, name: str) -> zarr.Array:
         if name not in self.arrays:
             self.arrays[name] = self.group[name]
-        return self.arrays[name]
+        # zarr's default skips chunks of fill values: only sparse arrays may (runtime config)
+        return self.arrays[name].with_config({"write_empty_chunks": name not in self.sparse})
 
     def _write(self, name: str, start: int, data: NDArray) -> None:
         """Rows [start, start + len(data)) of array `name`: directly when whole chunks of the
@@ -1127,7 +1273,14 @@ class Clip:
 
     @property
     def n_frames(self) -> int:
-        return int(self.attrs["n_frames"])
+        return self._size_attr("n_frames")
+
+    def _size_attr(self, key: str) -> int:
+        """A size attribute (n_frames, height, width): an integer >= 1, else a one-line error."""
+        v = self.attrs.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise EgosynthError(f"clip {self.clip_id}: attr {key} = {v!r}: not an integer >= 1")
+        return v
 
     @property
     def fps(self) -> float:
@@ -1137,12 +1290,79 @@ class Clip:
     def complete(self) -> bool:
         return self.attrs.get("status") == COMPLETE
 
-    def array(self, name: str) -> zarr.Array:
-        """The lazy zarr array `name` (one of ARRAY_NAMES); index it to read."""
+    @cached_property
+    def sparse(self) -> tuple[str, ...]:
+        """Arrays whose chunks of fill values may be absent (the clip's `sparse_arrays`; a
+        clip written before that attr existed: every array). A missing chunk of any other
+        array is an error on read."""
+        names = self.attrs.get("sparse_arrays", list(ARRAY_NAMES))
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise EgosynthError(f"clip {self.clip_id}: attr sparse_arrays = {names!r}: not a list")
+        return tuple(names)
+
+    def expected_layout(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
+        """(shape, dtype) array `name` must have, from the clip's attrs and the schema."""
+        if name == "intrinsics":
+            return (2, 3, 3), np.dtype("float32")
+        n = self.n_frames
+        if name in IMAGE_ARRAYS:
+            dtype, tail, _ = IMAGE_ARRAYS[name]
+            hw = self._size_attr("height"), self._size_attr("width")
+            return (n, 2, *hw, *tail), np.dtype(dtype)
+        dtype, tail, _ = META_ARRAYS[name]
+        return (n, *tail), np.dtype(dtype)
+
+    def _check_layout(self, name: str, shape: Sequence[int], dtype: Any) -> None:
+        """A one-line error unless array `name` has the shape and dtype the attrs imply (an
+        array shorter than n_frames would read fill values past its end)."""
+        want, want_dtype = self.expected_layout(name)
+        shape = tuple(shape)
+        if shape[:1] != want[:1] and name != "intrinsics":
+            raise EgosynthError(
+                f"clip {self.clip_id}/{name}: {shape[0] if shape else 0} frames, the clip's "
+                f"attr n_frames = {want[0]}"
+            )
+        if shape != want or np.dtype(dtype) != want_dtype:
+            raise EgosynthError(
+                f"clip {self.clip_id}/{name}: {np.dtype(dtype)} {shape}, the clip's attrs "
+                f"say {want_dtype} {want}"
+            )
+
+    def _doc(self, name: str) -> dict[str, Any] | None:
+        """Array `name`'s zarr.json document in a local store (None for URLs); a missing or
+        corrupt one is a one-line error, never an array of fill values."""
         if name not in ARRAY_NAMES:
             raise EgosynthError(f"clip {self.clip_id}: unknown array {name!r} (have {ARRAY_NAMES})")
+        if self.folder is None:
+            return None
+        md, why = _json_doc(self.folder / name / "zarr.json", "array")
+        if md is None:
+            why = why or f"array missing (no {name}/zarr.json)"
+            raise EgosynthError(f"clip {self.clip_id}/{name}: {why}")
+        try:
+            shape, dtype = tuple(int(n) for n in md["shape"]), np.dtype(md["data_type"])
+        except (KeyError, TypeError, ValueError):
+            raise EgosynthError(
+                f"clip {self.clip_id}/{name}: zarr.json has no valid shape or data_type"
+            ) from None
+        self._check_layout(name, shape, dtype)
+        return md
+
+    def array(self, name: str) -> zarr.Array:
+        """The lazy zarr array `name` (one of ARRAY_NAMES); index it to read."""
         if name not in self._arrays:  # opening one costs a zarr metadata lookup: once
-            self._arrays[name] = self.group[name]
+            self._doc(name)  # local: the array's own document, not a consolidated snapshot
+            try:
+                arr = self.group[name]
+            except KeyError:
+                raise EgosynthError(f"clip {self.clip_id}/{name}: array missing") from None
+            except (ValueError, TypeError) as exc:  # metadata zarr cannot parse
+                msg = str(exc).split("\n")[0]
+                raise EgosynthError(f"clip {self.clip_id}/{name}: bad metadata ({msg})") from None
+            if not isinstance(arr, zarr.Array):
+                raise EgosynthError(f"clip {self.clip_id}/{name}: not an array")
+            self._check_layout(name, arr.shape, arr.dtype)
+            self._arrays[name] = arr
         return self._arrays[name]
 
     def chunk_frames(self, name: str) -> int:
@@ -1198,6 +1418,7 @@ class Clip:
         what = f"clip {self.clip_id}/{name}"
         d = self._direct_reader(name)
         if d is None:
+            self._check_present(name, start, stop)
             out[...] = _read(self.array(name), slice(start, stop, step), what)
             return
         try:
@@ -1207,12 +1428,14 @@ class Clip:
             raise EgosynthError(f"{what}: corrupt or unreadable chunk ({msg})") from None
 
     def _direct_reader(self, name: str) -> _Direct | _Frames | None:
-        """The direct chunk reader of `name`, or None where zarr must read (cached)."""
+        """The direct chunk reader of `name`, or None where zarr must read (cached). A
+        missing, corrupt or misshaped array is a one-line error here."""
         if name not in self._direct:
-            if name not in ARRAY_NAMES:
-                self.array(name)  # raises the one-line error
-            md = None if self.folder is None else _read_json(self.folder / name / "zarr.json")
-            self._direct[name] = None if md is None else _direct_io(self.folder / name, md)
+            md = self._doc(name)
+            d = None
+            if md is not None and self.folder is not None:
+                d = _direct_io(self.folder / name, md, name in self.sparse)
+            self._direct[name] = d
         return self._direct[name]
 
     def read(
@@ -1235,6 +1458,8 @@ class Clip:
             d = self._direct_reader(name)
             if d is None:
                 sel = slice(None) if name == "intrinsics" else slice(start, stop)
+                lo, hi = (0, None) if name == "intrinsics" else (start, stop)
+                self._check_present(name, lo, hi)
                 out[name] = _read(self.array(name), sel, what)
                 continue
             lo, hi = (0, d.shape[0]) if name == "intrinsics" else (start, stop)
@@ -1244,6 +1469,38 @@ class Clip:
                 msg = str(exc).split("\n")[0]
                 raise EgosynthError(f"{what}: corrupt or unreadable chunk ({msg})") from None
         return out
+
+    def _check_present(self, name: str, start: int, stop: int | None) -> None:
+        """Before zarr reads frames [start, stop) of a local array that is not sparse: every
+        chunk file they lie in must be there (zarr would return fill values for it)."""
+        if self.folder is None or name in self.sparse:
+            return
+        arr = self.array(name)
+        missing = _absent_files(arr, self.folder / name, start, stop)
+        if missing:
+            raise EgosynthError(
+                f"clip {self.clip_id}/{name}: corrupt or unreadable chunk ({missing[0]}: missing)"
+            )
+
+
+def _absent_files(
+    arr: zarr.Array, folder: Path, start: int = 0, stop: int | None = None
+) -> list[str]:
+    """Keys of the chunk files (shards where sharded) of a local array that hold rows
+    [start, stop) of axis 0 but are not regular files (default "/" keys; others: none)."""
+    enc = arr.metadata.chunk_key_encoding
+    if getattr(enc, "name", None) != "default" or getattr(enc, "separator", "/") != "/":
+        return []
+    grid = _file_grid(arr)
+    size = (arr.shards or arr.chunks)[0]
+    stop = arr.shape[0] if stop is None else stop
+    out = []
+    for t in range(start // size, min(-(-stop // size), grid[0])):
+        for idx in np.ndindex(*grid[1:]):
+            key = "c/" + "/".join(map(str, (t, *idx)))
+            if not (folder / key).is_file():
+                out.append(key)
+    return out
 
 
 def _read(arr: zarr.Array, sel: Any, what: str) -> NDArray:
@@ -1284,16 +1541,30 @@ class ClipStore:
             c for c, a in clips.items() if include_incomplete or a.get("status") == COMPLETE
         )
 
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What tells this store from another with the same clip ids: its `store_id` (None
+        for stores made before it existed) and config fingerprint. A trainer's checkpoint
+        records it; resuming on a store of another identity is refused."""
+        a = self.attrs
+        return {"store_id": a.get("store_id"), "fingerprint": a.get("fingerprint")}
+
     def clip(self, clip_id: str, allow_incomplete: bool = False) -> Clip:
         """Open one clip lazily. Incomplete clips are refused unless `allow_incomplete`."""
         local = _local(self.path)
         if local is not None:  # one small file read; zarr's lookup costs ~1-2 ms
             folder = local / CLIPS / clip_id
-            plain = clip_id not in ("", ".", "..") and "/" not in clip_id and "\\" not in clip_id
-            doc = _read_json(folder / "zarr.json") if plain else None
-            if doc is None or doc.get("node_type") != "group":
+            if not _plain_id(clip_id):
                 raise EgosynthError(f"{self.path}: no clip {clip_id!r}")
-            clip = Clip(clip_id, dict(doc.get("attributes") or {}), self.root, folder)
+            doc, why = _json_doc(folder / "zarr.json", "group")
+            attrs = None if doc is None else doc.get("attributes", {})
+            if why is None and doc is not None and not isinstance(attrs, dict):
+                why = "zarr.json: attributes are not a JSON object"
+            if why is not None:
+                raise EgosynthError(f"{self.path}: clip {clip_id}: {why} (corrupt)")
+            if doc is None:
+                raise EgosynthError(f"{self.path}: no clip {clip_id!r}")
+            clip = Clip(clip_id, dict(attrs), self.root, folder)
         else:
             try:
                 group = self.root[f"{CLIPS}/{clip_id}"]
@@ -1310,52 +1581,139 @@ class ClipStore:
     def nbytes_stored(self, clip_id: str) -> int | None:
         """Bytes on disk of a clip group (local stores only; None for URLs)."""
         local = _local(self.path)
-        if local is None:
+        if local is None or not _plain_id(clip_id):
             return None
         return sum(f.stat().st_size for f in (local / CLIPS / clip_id).rglob("*") if f.is_file())
+
+    def listed_clips(self) -> dict[str, str | None]:
+        """Every clip id the store names anywhere -> None, or why it is unusable: the clip
+        folders (a folder without zarr.json is a writer's unfinished clip, left out), the
+        root `index` and the consolidated metadata (snapshots of the last finished run)."""
+        out: dict[str, str | None] = {}
+        local = _local(self.path)
+        if local is not None:
+            bad: dict[str, str] = {}
+            out.update(dict.fromkeys(_scan_groups(local / CLIPS, bad)))
+            out.update({c: f"{why} (corrupt)" for c, why in bad.items()})
+            doc, _ = _json_doc(local / "zarr.json")
+            cons = ((doc or {}).get("consolidated_metadata") or {}).get("metadata") or {}
+            index = ((doc or {}).get("attributes") or {}).get("index") or {}
+        else:
+            out.update(dict.fromkeys(self.clip_ids(include_incomplete=True)))
+            cons, index = {}, self.attrs.get("index") or {}
+        named = {
+            k.split("/")[1]: "consolidated metadata"
+            for k in cons
+            if k.count("/") == 1 and k.startswith(f"{CLIPS}/")
+        }
+        if isinstance(index, dict):
+            named.update(dict.fromkeys(index, "root index"))
+        for cid, where in named.items():
+            if cid in out:
+                continue
+            ok = _plain_id(cid) and local is not None and (local / CLIPS / cid).is_dir()
+            out[cid] = None if ok else f"listed in the {where} but has no clip folder"
+        return dict(sorted(out.items()))
 
     def validate(
         self, on_chunk: Callable[[], None] | None = None, clip_ids: Sequence[str] | None = None
     ) -> list[str]:
-        """Read every chunk of every clip, verifying checksums and shapes.
+        """Check every clip the store names (`listed_clips`), or `clip_ids`: its group and
+        array documents, every array's shape and dtype against the clip's attrs, and every
+        chunk file that must exist (all but the all-fill chunks of sparse arrays): present,
+        a regular file, of the right size, its checksums right.
 
         Returns one line per problem (empty = valid). `on_chunk` is called after each chunk
-        (for a progress bar); `n_chunks` gives the total.
+        file (for a progress bar); `n_chunks` gives the total.
         """
+        listed = self.listed_clips() if clip_ids is None else dict.fromkeys(clip_ids)
+        index = self.attrs.get("index") if isinstance(self.attrs.get("index"), dict) else {}
         problems = []
-        for cid in clip_ids if clip_ids is not None else self.clip_ids(include_incomplete=True):
-            clip = self.clip(cid, allow_incomplete=True)
+        for cid, why in listed.items():
+            if why is not None:
+                problems.append(f"{self.path}: clip {cid}: {why}")
+                continue
+            try:
+                clip = self.clip(cid, allow_incomplete=True)
+            except EgosynthError as exc:
+                problems.append(str(exc))
+                continue
             if not clip.complete:
                 problems.append(f"clip {cid}: status {clip.attrs.get('status')!r}, not complete")
                 continue
+            summary = index.get(cid)
+            if isinstance(summary, dict) and summary.get("n_frames") != clip.attrs.get("n_frames"):
+                problems.append(
+                    f"clip {cid}: attr n_frames = {clip.attrs.get('n_frames')!r}, the root "
+                    f"index says {summary.get('n_frames')!r}"
+                )
             for name in ARRAY_NAMES:
-                try:
-                    arr = clip.array(name)
-                except KeyError:
-                    problems.append(f"clip {cid}/{name}: array missing")
-                    continue
-                if name != "intrinsics" and arr.shape[0] != clip.n_frames:
-                    problems.append(
-                        f"clip {cid}/{name}: {arr.shape[0]} frames, expected {clip.n_frames}"
-                    )
-                for sel, key in _chunk_selections(arr):
+                problems += self._validate_array(clip, name, on_chunk)
+        return problems
+
+    def _validate_array(
+        self, clip: Clip, name: str, on_chunk: Callable[[], None] | None
+    ) -> list[str]:
+        """Problems of one array of a complete clip (see `validate`)."""
+        what = f"{self.path}/{CLIPS}/{clip.clip_id}/{name}"
+        try:
+            d = clip._direct_reader(name)
+            arr = clip.array(name) if d is None else None
+        except EgosynthError as exc:
+            return [str(exc)]
+        problems = []
+        if d is not None:  # the chunk files egosynth wrote, read as the readers read them
+            for c in range(-(-d.shape[0] // d.file_frames)):
+                lo, hi = c * d.file_frames, min((c + 1) * d.file_frames, d.shape[0])
+                path = d.folder / d.key(c)
+                if path.exists() and not path.is_file():
+                    problems.append(f"{what}/{d.key(c)}: not a file")
+                else:
                     try:
-                        _read(arr, sel, f"{self.path}/{CLIPS}/{cid}/{name}/c/{key}")
-                    except EgosynthError as exc:
-                        problems.append(str(exc))
-                    if on_chunk:
-                        on_chunk()
+                        d.read(lo, hi)
+                    except (_CorruptChunk, OSError) as exc:
+                        problems.append(f"{what}/{str(exc).splitlines()[0]}")
+                if on_chunk:
+                    on_chunk()
+            return problems
+        assert arr is not None
+        missing = set()
+        if clip.folder is not None and name not in clip.sparse:
+            missing = set(_absent_files(arr, clip.folder / name))
+            problems += [f"{what}/{key}: missing" for key in sorted(missing)]
+        for sel, key in _chunk_selections(arr):
+            if f"c/{key}" not in missing:
+                try:
+                    _read(arr, sel, f"{what}/c/{key}")
+                except EgosynthError as exc:
+                    problems.append(str(exc))
+            if on_chunk:
+                on_chunk()
         return problems
 
     def n_chunks(self, clip_ids: Sequence[str] | None = None) -> int:
+        """Chunk files `validate` reads (of the arrays whose layout can be read)."""
+        listed = self.listed_clips() if clip_ids is None else dict.fromkeys(clip_ids)
         total = 0
-        for cid in clip_ids if clip_ids is not None else self.clip_ids(include_incomplete=True):
-            clip = self.clip(cid, allow_incomplete=True)
-            if clip.complete:
+        for cid, why in listed.items():
+            try:
+                clip = self.clip(cid, allow_incomplete=True)
+                if why is not None or not clip.complete:
+                    continue
                 for name in ARRAY_NAMES:
-                    if name in clip.group:
-                        total += math.prod(_file_grid(clip.group[name]))
+                    d = clip._direct_reader(name)
+                    if d is not None:
+                        total += -(-d.shape[0] // d.file_frames)
+                    else:
+                        total += math.prod(_file_grid(clip.array(name)))
+            except EgosynthError:
+                continue
         return total
+
+
+def _plain_id(clip_id: str) -> bool:
+    """Whether a clip id names a folder directly under clips/ (never a path outside it)."""
+    return clip_id not in ("", ".", "..") and "/" not in clip_id and "\\" not in clip_id
 
 
 def _file_grid(arr: zarr.Array) -> tuple[int, ...]:

@@ -24,6 +24,7 @@ from egosynth.render_clip import config_fingerprint, render_clip, store_attrs
 from egosynth.store import (
     ARRAY_NAMES,
     SCHEMA_VERSION,
+    SPARSE_ARRAYS,
     ClipStore,
     ClipWriter,
     complete_clip_ids,
@@ -261,7 +262,8 @@ def test_direct_read_equals_zarr_for_any_range(odd_store: Path, k: int, a: int, 
     np.testing.assert_array_equal(buf, plain["depth"][start:stop])
 
 
-def test_direct_and_zarr_writers_write_identical_bytes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sparse", [SPARSE_ARRAYS, ARRAY_NAMES])
+def test_direct_and_zarr_writers_write_identical_bytes(tmp_path: Path, sparse) -> None:
     from egosynth.data.synthetic import pattern_frames, pattern_meta
 
     def frames(k: int, t0: int, t1: int) -> dict[str, np.ndarray]:
@@ -276,7 +278,9 @@ def test_direct_and_zarr_writers_write_identical_bytes(tmp_path: Path) -> None:
         path = tmp_path / f"{direct}.zarr"
         prepare_store(path, "fp", {})
         for n in (10, 8):  # padded last chunk, exact last chunk
-            w = ClipWriter(path, f"c{n}", n, 5, 6, {"scene": "s"}, chunk_frames=4, direct=direct)
+            w = ClipWriter(
+                path, f"c{n}", n, 5, 6, {"scene": "s"}, chunk_frames=4, direct=direct, sparse=sparse
+            )
             assert bool(w.direct) == direct
             for t0 in range(0, n, 4):
                 w.write_frames(t0, frames(n, t0, min(n, t0 + 4)))
@@ -286,16 +290,22 @@ def test_direct_and_zarr_writers_write_identical_bytes(tmp_path: Path) -> None:
         stores[direct] = _files(path / "clips")
     assert stores[True] == stores[False]
     assert not any(k.startswith("c10/instance/c/") for k in stores[True])
-    assert "c10/depth/c/0/0/0/0" not in stores[True] and "c10/depth/c/1/0/0/0" in stores[True]
+    # Only sparse arrays skip chunks (and rgb frames) of fill values; the others store them.
+    dense = "depth" not in sparse
+    assert ("c10/depth/c/0/0/0/0" in stores[True]) == dense and "c10/depth/c/1/0/0/0" in stores[
+        True
+    ]
     frame = 2 * 5 * 6 * 3 + 4  # bytes + crc32c; the index: 4 x (offset, nbytes) + crc32c
     assert len(stores[True]["c10/rgb/c/0/0/0/0/0"]) == 4 * frame + 4 * 16 + 4
-    assert len(stores[True]["c10/rgb/c/1/0/0/0/0"]) == 3 * frame + 4 * 16 + 4  # frame 5 not
+    stored = 4 if dense else 3  # frame 5 is fill values
+    assert len(stores[True]["c10/rgb/c/1/0/0/0/0"]) == stored * frame + 4 * 16 + 4
     assert len(stores[True]["c10/rgb/c/2/0/0/0/0"]) == 2 * frame + 4 * 16 + 4  # padded end
 
 
 @pytest.fixture(scope="module")
 def holey_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Raw rgb with frames of fill values (frame 1, all of shard 1: no file), a padded last
+    """Raw rgb with frames of fill values (frame 1, all of shard 1: no file; every array
+    sparse, as clips written before `sparse_arrays` existed), a padded last
     shard, and a second clip whose shard 0 stores its frames in reverse order (valid for zarr,
     which follows the index; egosynth never writes it)."""
     from egosynth.data.synthetic import pattern_frames, pattern_meta
@@ -303,7 +313,7 @@ def holey_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("holey") / "h.zarr"
     prepare_store(path, "fp", {})
     for cid in ("holes", "reversed"):
-        w = ClipWriter(path, cid, 10, 5, 6, {"scene": "s"}, chunk_frames=4)
+        w = ClipWriter(path, cid, 10, 5, 6, {"scene": "s"}, chunk_frames=4, sparse=ARRAY_NAMES)
         f = pattern_frames(1, 0, 10, 5, 6)
         if cid == "holes":
             f["rgb"][[1, 4, 5, 6, 7]] = 0

@@ -732,6 +732,7 @@ class WindowLoader:
         )
         self.seed = _check_seed("seed", seed)
         self.reader = WindowReader(sources, fields, eyes, cache_bytes, decode_threads)
+        self._identities: list[dict[str, Any]] | None = None
         self.live, self.poll_s, self.idle_timeout_s = live, poll_s, idle_timeout_s
         if not isinstance(prefetch, int) or prefetch < 0:
             raise EgosynthError(f"loader: prefetch = {prefetch!r}: must be an integer >= 0")
@@ -829,13 +830,33 @@ class WindowLoader:
             "rank": self.rank,
             "world_size": self.world_size,
             "index": self.index.fingerprint(),
+            "stores": self._store_ids(),
         }
+
+    def _store_ids(self) -> list[dict[str, Any]]:
+        """Each source store's identity (`ClipStore.identity`: store_id and fingerprint), so
+        that a resume on another store with the same clip ids and lengths is refused."""
+        if self._identities is None:
+            self._identities = [
+                self.reader.store(s).identity for s in range(len(self.reader.sources))
+            ]
+        return self._identities
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume: the next iteration starts after the batches `state` says were consumed."""
         if self.live:
             raise EgosynthError("loader: live mode does not resume (the clip set is growing)")
         mine = self.state_dict()
+        if "stores" in state and state["stores"] != mine["stores"]:  # states before it: none
+            theirs = state["stores"] if isinstance(state["stores"], list) else []
+            for k, src in enumerate(self.reader.sources):
+                saved = theirs[k] if k < len(theirs) else None
+                if saved != mine["stores"][k]:
+                    raise EgosynthError(
+                        f"{src}: not the store this state was saved on (saved store "
+                        f"{saved!r}, this one {mine['stores'][k]!r}); refusing to resume on "
+                        "another store"
+                    )
         for key in ("version", "seed", "batch_size", "rank", "world_size", "index"):
             if state.get(key) != mine[key]:
                 raise EgosynthError(
@@ -920,7 +941,9 @@ class WindowLoader:
         self.reader.refresh()
         started = self._started()
         return len(started) == len(self.reader.sources) and all(
-            self.reader.store(s).attrs.get("store_status") in ("complete", "incomplete")
+            # "interrupted": the driver stopped (Ctrl-C, an error) and marked it on its way out
+            self.reader.store(s).attrs.get("store_status")
+            in ("complete", "incomplete", "interrupted")
             for s in started
         )
 
