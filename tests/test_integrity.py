@@ -156,16 +156,22 @@ TRAIN = [
 
 @pytest.mark.usefixtures("torch_one_thread")
 @pytest.mark.parametrize(
-    "damaged",
-    ["rgb array deleted", "rgb shard deleted", "n_frames larger than the arrays"],
-    indirect=True,
+    ("damaged", "workers"),
+    [
+        ("rgb array deleted", 0),
+        ("rgb shard deleted", 0),
+        ("rgb shard deleted", 1),  # read in a DataLoader worker process
+        ("n_frames larger than the arrays", 0),
+    ],
+    indirect=["damaged"],
 )
 def test_damaged_clip_fails_train_in_one_line(
-    damaged, tmp_path: Path, capsys: pytest.CaptureFixture
+    damaged, workers: int, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     path, cid, _ = damaged
     before = _files(path)
-    assert main(["train", str(path), "--out", str(tmp_path / "run"), *TRAIN]) == 2
+    run = ["train", str(path), "--out", str(tmp_path / "run"), *TRAIN, "--workers", str(workers)]
+    assert main(run) == 2
     err = _one_line(capsys)
     assert cid in err and "rgb" in err
     assert not list((tmp_path / "run").glob("checkpoints/*.pt"))  # never trained on zeros

@@ -95,6 +95,17 @@ class WindowIterableDataset(IterableDataset):
         self.loader.set_epoch(epoch)
 
 
+def _from_worker(exc: EgosynthError) -> EgosynthError:
+    """An EgosynthError as its own line: torch re-raises a worker's exception with the
+    worker's traceback as the message ("Caught EgosynthError in DataLoader worker process 0.
+    Original Traceback ..."); the user's line is what follows the last "<type>: "."""
+    text = str(exc)
+    head, sep, tail = text.rpartition(f"{type(exc).__name__}: ")
+    if sep and head.startswith(f"Caught {type(exc).__name__} in DataLoader worker"):
+        return EgosynthError(tail)
+    return exc
+
+
 class WindowDataLoader:
     """A DataLoader over a WindowIterableDataset that can save and restore its position.
 
@@ -130,9 +141,12 @@ class WindowDataLoader:
         if not state.live and state.batches_done >= len(state):
             state.batches_done = 0  # a finished epoch iterated again starts over
         # The DataLoader pickles the dataset into its workers here, with the resume position.
-        for batch in DataLoader(self.dataset, batch_size=None, **self.kwargs):
-            state.batches_done += 1
-            yield batch
+        try:
+            for batch in DataLoader(self.dataset, batch_size=None, **self.kwargs):
+                state.batches_done += 1
+                yield batch
+        except EgosynthError as exc:
+            raise _from_worker(exc) from None
 
     def __len__(self) -> int:
         return len(self.loader)
