@@ -142,7 +142,7 @@ class _Cluster:
                 ray.init(address=address, **kw)
             else:
                 ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kw)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
+        except Exception as exc:  # Ray raises a bare Exception when its node times out
             where = address or "a local cluster"
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise EgosynthError(f"Ray: cannot start or join {where} ({msg})") from None
