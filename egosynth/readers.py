@@ -291,8 +291,8 @@ def torch_load(
         m = re.search(r"GLOBAL ([\w.]+)", str(exc))
         named = f"it names the Python object {m.group(1)}" if m else "it holds Python objects"
         raise ReadError(
-            f"{path}: refused to load the {what}: {named}, and egosynth loads only tensors and "
-            "plain data (unpickling an object can run code from the file)"
+            f"{path}: refused to load the {what}: {named}; egosynth's weights-only loader "
+            "accepts only tensors and plain data (unpickling objects can run code from a file)"
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError) as exc:
         first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
