@@ -940,12 +940,11 @@ class WindowLoader:
         """True when the driver has finalized every store (checked BEFORE listing clips)."""
         self.reader.refresh()
         started = self._started()
-        return len(started) == len(self.reader.sources) and all(
-            # "interrupted": the driver stopped (Ctrl-C, an error) and marked it on its way out
-            self.reader.store(s).attrs.get("store_status")
-            in ("complete", "incomplete", "interrupted")
-            for s in started
-        )
+        if len(started) < len(self.reader.sources):
+            return False
+        from egosynth.store import FINISHED  # "interrupted" too: stopped, marked on its way out
+
+        return all(self.reader.store(s).attrs.get("store_status") in FINISHED for s in started)
 
     def _read_live(self, windows: list[tuple[ClipInfo, int]]) -> dict[str, NDArray]:
         batch = self.reader.read_batch(windows, self.spec)
