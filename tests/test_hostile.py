@@ -391,6 +391,20 @@ CASES = [
         "room.yaml",
     ),
     Case(
+        "render-complete-store-workers-0",
+        lambda d, s, _: [
+            "render",
+            str(scene_set(d)),
+            "--out",
+            str(s),
+            "--clips",
+            "2",
+            "--workers",
+            "0",
+        ],
+        "--workers",
+    ),
+    Case(
         "render-set-utf16", lambda d, *_: ["render", str(raw(d, "set.yaml", UTF16_SET))], "UTF-16"
     ),
     # ------------------------------------------------------------ scenes
@@ -709,3 +723,25 @@ def test_tfrecord_lengths_past_the_end_are_named(tmp_path: Path) -> None:
     p = raw(tmp_path, "t.tfrecords", header + b"\0\0\0\0")
     with pytest.raises(EgosynthError, match=r"t\.tfrecords"):
         list(iter_tfrecord(p))
+
+
+def test_quiet_filters_third_party_warnings_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    from egosynth import quiet
+
+    def emitted(module: str, category: type[Warning]) -> bool:
+        with warnings.catch_warnings(record=True) as got:
+            warnings.resetwarnings()
+            quiet.install()
+            warnings.warn_explicit("w", category, f"/x/{module}.py", 1, module=module)
+        return bool(got)
+
+    monkeypatch.delenv(quiet.ENV, raising=False)
+    assert not emitted("nerfstudio.cameras.cameras", UserWarning)  # non-tuple indexing
+    assert not emitted("nerfstudio.field_components.activations", FutureWarning)  # custom_fwd
+    assert not emitted("torch.jit._script", FutureWarning)
+    assert emitted("egosynth.render.nerf", UserWarning)  # egosynth's own stay
+    assert emitted("nerfstudio.cameras.cameras", RuntimeWarning)  # only the named categories
+    monkeypatch.setenv(quiet.ENV, "1")
+    assert emitted("nerfstudio.cameras.cameras", UserWarning)  # verbose: everything
