@@ -12,6 +12,7 @@ without a traceback.
     read_bytes / read_text    bytes / UTF-8 text of a regular file, size-capped
     read_yaml(path)           YAML (safe types only, duplicate keys refused, expansion bounded)
     read_json(path)           JSON (duplicate keys refused)
+    read_image(path)          an image file as an array (capture frames, masks)
     torch_load(path, allow)   torch's weights-only loader; refusals never advise unsafe loading
 
 Light to import: yaml and json only; torch is imported by `torch_load` when it runs.
@@ -263,6 +264,26 @@ def read_json_object(path: str | Path, what: str = "JSON file") -> dict[str, Any
         kind = type(data).__name__
         raise ReadError(f"{path}: expected a JSON object at the top level, got a {kind}")
     return data
+
+
+# --------------------------------------------------------------------------- images
+MAX_IMAGE_BYTES = 1 << 30
+
+
+def read_image(path: str | Path, what: str = "image") -> Any:
+    """An image file (PNG, JPEG, ...) as a numpy array; undecodable files are one line."""
+    import imageio.v3 as iio
+
+    data = read_bytes(path, what, MAX_IMAGE_BYTES)
+    if not data:
+        raise ReadError(f"{path}: {what} is empty")
+    try:
+        return iio.imread(data, extension=Path(path).suffix or None)
+    except Exception as exc:  # every plugin raises its own types
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+        raise ReadError(
+            f"{path}: {what} is not a readable image ({first[:120] or type(exc).__name__})"
+        ) from None
 
 
 # --------------------------------------------------------------------------- torch

@@ -745,3 +745,25 @@ def test_quiet_filters_third_party_warnings_only(monkeypatch: pytest.MonkeyPatch
     assert emitted("nerfstudio.cameras.cameras", RuntimeWarning)  # only the named categories
     monkeypatch.setenv(quiet.ENV, "1")
     assert emitted("nerfstudio.cameras.cameras", UserWarning)  # verbose: everything
+
+
+@pytest.mark.parametrize("kind", ["garbage", "empty", "fifo", "directory", "truncated"])
+def test_images_read_through_one_path(kind: str, tmp_path: Path) -> None:
+    import imageio.v3 as iio
+
+    from egosynth.readers import ReadError, read_image
+
+    path = tmp_path / "m.png"
+    if kind == "garbage":
+        path.write_bytes(GARBAGE)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        iio.imwrite(path, np.zeros((8, 8), np.uint8))
+        path.write_bytes(path.read_bytes()[:30])
+    with pytest.raises(ReadError, match=r"m\.png"):
+        read_image(path)

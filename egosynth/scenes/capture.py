@@ -233,14 +233,15 @@ class Capture:
     frames: list[dict]
 
     def rgb(self, i: int) -> NDArray[np.uint8]:
-        import imageio.v3 as iio
+        from egosynth.readers import read_image
 
-        return iio.imread(self.root / self.frames[i]["file_path"])
+        return read_image(self.root / self.frames[i]["file_path"], "capture image")
 
     def depth(self, i: int) -> NDArray[np.float64]:
-        import imageio.v3 as iio
+        from egosynth.readers import read_image
 
-        mm = iio.imread(self.root / self.frames[i]["depth_file_path"]).astype(np.float64)
+        path = self.root / self.frames[i]["depth_file_path"]
+        mm = read_image(path, "capture depth image").astype(np.float64)
         return mm * DEPTH_SCALE_M
 
 
