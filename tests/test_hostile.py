@@ -767,3 +767,14 @@ def test_images_read_through_one_path(kind: str, tmp_path: Path) -> None:
         path.write_bytes(path.read_bytes()[:30])
     with pytest.raises(ReadError, match=r"m\.png"):
         read_image(path)
+
+
+def test_a_worker_names_the_scene_file_of_bad_procedural_settings(tmp_path: Path) -> None:
+    """What a Ray worker raises when it builds the renderer (the CLI refuses it earlier)."""
+    from egosynth.config import load_scene
+    from egosynth.errors import ConfigError
+    from egosynth.render.mesh import MeshRenderer
+
+    scene = load_scene(room(tmp_path, _proc_count))
+    with pytest.raises(ConfigError, match=r"room\.yaml: procedural\.generator\.count = -5"):
+        MeshRenderer.from_scene(scene)

@@ -25,7 +25,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     import time
 
     from egosynth.commands.pipeline import parse_overrides
@@ -43,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
     )
     if report.is_file():
         from egosynth.eval.report import format_table
+        from egosynth.readers import read_json_object
 
-        print(format_table(json.loads(report.read_text())["results"]))
+        print(format_table(read_json_object(report, "eval report").get("results", [])))
     pictures = sorted(p for p in workdir.rglob("*") if p.suffix in (".png", ".gif", ".mp4"))
     print("\npictures:")
     for p in pictures:
