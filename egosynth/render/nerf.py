@@ -51,6 +51,20 @@ WEIGHT_EPS = 1e-4
 # without this the floor around an object's legs/wheels inside its box would be labelled too
 # (measured on mesh ground truth: box labelling IoU 0.81-0.83 without, 0.98-0.99 with 2 cm).
 FLOOR_BAND_M = 0.02
+# Render modes of a NeRF scene (docs/bundles.md): nerfacto's own sampling (the reference), the
+# field sampled where the baked density grid puts the weight, or the baked proxy alone.
+RENDER_MODES = ("full", "guided", "baked")
+# Guided: samples of the baked density grid per ray (a march over the grid box; the grid is
+# cheap, so many) and field evaluations per ray (at the grid weights' quantiles; the expensive
+# part). Measured on room_0 (docs/bundles.md): 4 colour samples agree with 8 to < 0.1 dB.
+GUIDED_GRID_SAMPLES = 256
+GUIDED_FIELD_SAMPLES = 4
+# Light the grid leaves at its box's far side: above ESCAPE_SAMPLE_MIN it gets the field's colour
+# at the box exit (nerfacto gives it its last sample's colour); above GUIDED_MAX_ESCAPE the ray
+# sees past the baked region (sky, far background) and falls back to full sampling. CPU fits
+# are foggy: ~20 % of room_0's light leaks through its soft walls.
+ESCAPE_SAMPLE_MIN = 0.01
+GUIDED_MAX_ESCAPE = 0.5
 
 
 # --------------------------------------------------------------------------- offline building
@@ -342,6 +356,7 @@ class NerfRenderer:
         objects: list[SceneObject] | None = None,
         device: str | None = None,
         chunk_rays: int | None = None,
+        mode: str | None = "full",
     ) -> None:
         self.bundle = bundle
         self.device = pick_device(device)
@@ -357,13 +372,43 @@ class NerfRenderer:
         # CPU: small chunks were measured faster (4 k > 16 k rays); GPUs want big batches.
         self.chunk_rays = chunk_rays or (4096 if self.device == "cpu" else 1 << 16)
         self.model = build_model(bundle.meta, bundle.load_weights(), self.device, bundle.root)
+        self.mode = "full"
+        self._proxy: _Proxy | None = None
+        self.fallback_rays = 0  # rays the last render_raw sent to full sampling
+        self.set_mode(mode)
+
+    def set_mode(self, mode: str | None) -> str:
+        """Choose full | guided | baked; None = baked when the bundle has a bake, else full.
+
+        guided and baked need the bundle's bake (`egosynth scenes bake`); a stale or corrupt
+        bake is refused with one line, never used.
+        """
+        from egosynth.nerf.baked import has_bake, read_bake
+
+        if mode is None:
+            mode = "baked" if has_bake(self.bundle.root) else "full"
+        if mode not in RENDER_MODES:
+            raise EgosynthError(f"render mode {mode!r}: choose one of {list(RENDER_MODES)}")
+        if mode != "full" and self._proxy is None:
+            if not has_bake(self.bundle.root):
+                raise BundleError(
+                    f"{self.bundle.root}: render mode {mode!r} needs a bake: run "
+                    f"`egosynth scenes bake {self.bundle.root}`"
+                )
+            self._proxy = _Proxy(read_bake(self.bundle.root), self.device)
+        self.mode = mode
+        return mode
 
     @classmethod
-    def from_bundle(cls, path: str | Path, device: str | None = None) -> NerfRenderer:
-        return cls(read_bundle(path), device=device)
+    def from_bundle(
+        cls, path: str | Path, device: str | None = None, mode: str | None = "full"
+    ) -> NerfRenderer:
+        return cls(read_bundle(path), device=device, mode=mode)
 
     @classmethod
-    def from_scene(cls, scene: SceneConfig, device: str | None = None) -> NerfRenderer:
+    def from_scene(
+        cls, scene: SceneConfig, device: str | None = None, mode: str | None = None
+    ) -> NerfRenderer:
         """Open the bundle a `backend: nerf` scene config points at.
 
         Fields the scene config sets explicitly (world_from_scene, objects) override the
@@ -373,7 +418,8 @@ class NerfRenderer:
         given = scene.model_fields_set
         wfs = scene.world_from_scene.matrix() if "world_from_scene" in given else None
         objects = list(scene.objects) if "objects" in given else None
-        return cls(bundle, world_from_scene=wfs, objects=objects, device=device)
+        mode = mode or scene.render
+        return cls(bundle, world_from_scene=wfs, objects=objects, device=device, mode=mode)
 
     # ----------------------------------------------------------------- public API
     def labels(self) -> list[Label]:
@@ -407,6 +453,12 @@ class NerfRenderer:
         rgb = torch.empty((total, 3), dtype=torch.float32)
         dist = torch.empty((total,), dtype=torch.float32)
         acc = torch.empty((total,), dtype=torch.float32)
+        render_chunk = {
+            "full": self._render_rays,
+            "guided": self._render_guided,
+            "baked": self._render_baked,
+        }[self.mode]
+        self.fallback_rays = 0
         with torch.inference_mode(), fast_hash_grids(self.model):
             for start in range(0, total, self.chunk_rays):
                 idx = torch.arange(start, min(start + self.chunk_rays, total), device=self.device)
@@ -414,7 +466,7 @@ class NerfRenderer:
                 bundle = cams.generate_rays(camera_indices=cam_idx, coords=coords[idx % hw])
                 # Appearance embeddings are averaged at eval; index 0 keeps lookups in range.
                 bundle.camera_indices = torch.zeros_like(bundle.camera_indices)
-                out = self._render_rays(bundle)
+                out = render_chunk(bundle)
                 sl = slice(start, start + len(idx))
                 rgb[sl] = out["rgb"].float().cpu()
                 dist[sl] = out["depth"].float().reshape(-1).cpu()
@@ -482,6 +534,172 @@ class NerfRenderer:
             "accumulation": m.renderer_accumulation(weights=weights),
         }
 
+    def _render_guided(self, rb: Any) -> dict[str, Any]:
+        """The field at GUIDED_FIELD_SAMPLES points per ray, placed by the baked density grid.
+
+        The grid stands in for nerfacto's proposal networks (their cost is ~70 % of a full
+        render on CPU): weights, accumulation and the median depth come from a dense march
+        through the grid; the field's colour is evaluated at the weights' quantiles and
+        composited with equal mass each (stratified importance sampling of the colour
+        integral). Rays the grid cannot answer (origin outside it, or light escaping past its
+        far side) are rendered by full sampling.
+        """
+        import torch
+
+        px = self._proxy
+        assert px is not None
+        o, d = rb.origins, rb.directions
+        near = float(self.model.config.near_plane)
+        t_a, t_b, ok = px.span(o, d, near)
+        n, S, KC = len(o), GUIDED_GRID_SAMPLES, GUIDED_FIELD_SAMPLES
+        u = (torch.arange(S, device=o.device, dtype=o.dtype) + 0.5) / S
+        step = (t_b - t_a)[:, None]
+        mid = t_a[:, None] + step * u  # (n, S) bin centres
+        den = px.density(o[:, None] + d[:, None] * mid[..., None])
+        alpha = 1.0 - torch.exp(-den * (step / S))
+        trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha], 1), 1)
+        w = trans[:, :-1] * alpha
+        ok &= trans[:, -1] <= GUIDED_MAX_ESCAPE
+        acc = w.sum(1)
+        far = (trans[:, -1] > ESCAPE_SAMPLE_MIN) & ok
+        cw = torch.cumsum(w, 1)
+        half = torch.full((n, 1), 0.5, device=o.device, dtype=o.dtype)
+        # nerfstudio's median depth: the first bin whose cumulative weight reaches 0.5
+        depth = mid.gather(1, torch.searchsorted(cw, half).clamp_(max=S - 1))
+        q = (torch.arange(KC, device=o.device, dtype=o.dtype) + 0.5) / KC * acc[:, None]
+        tc = mid.gather(1, torch.searchsorted(cw, q).clamp_(max=S - 1))
+        c = self._field_rgb(o, d, tc)
+        # equal weight mass per quantile; what is left is coloured by the field at the box exit
+        # (where the grid stops knowing), else by the last quantile, as nerfacto's
+        # "last_sample" background does
+        rest = c[:, -1].clone()
+        if bool(far.any()):
+            rest[far] = self._field_rgb(o[far], d[far], t_b[far, None])[:, 0]
+        rgb = c.mean(1) * acc[:, None] + (1.0 - acc)[:, None] * rest
+        out = {"rgb": rgb, "depth": depth, "accumulation": acc[:, None]}
+        return self._with_fallback(rb, ok, out)
+
+    def _field_rgb(self, o: Any, d: Any, t: Any) -> Any:
+        """The field's colour (n, k, 3) at distances t (n, k) along rays o + t d."""
+        import torch
+        from nerfstudio.cameras.rays import Frustums, RaySamples
+        from nerfstudio.field_components.field_heads import FieldHeadNames
+
+        n, k = t.shape
+        samples = RaySamples(
+            frustums=Frustums(
+                origins=o[:, None].expand(n, k, 3),
+                directions=d[:, None].expand(n, k, 3),
+                starts=t[..., None],
+                ends=t[..., None],
+                pixel_area=torch.ones((n, k, 1), device=o.device),
+            ),
+            camera_indices=torch.zeros((n, k, 1), dtype=torch.long, device=o.device),
+        )
+        _, embedding = self.model.field.get_density(samples)
+        out = self.model.field.get_outputs(samples, density_embedding=embedding)
+        return out[FieldHeadNames.RGB].float()
+
+    def render_model_rays(self, origins: NDArray, dirs: NDArray) -> NDArray[np.float32]:
+        """rgb (N, 3) of rays given in the model frame (unit dirs), in the current mode."""
+        import torch
+        from nerfstudio.cameras.rays import RayBundle
+
+        render_chunk = {"full": self._render_rays, "guided": self._render_guided}[self.mode]
+        out = np.empty((len(origins), 3), np.float32)
+        with torch.inference_mode(), fast_hash_grids(self.model):
+            for s in range(0, len(origins), self.chunk_rays):
+                o = torch.as_tensor(origins[s : s + self.chunk_rays], dtype=torch.float32)
+                d = torch.as_tensor(dirs[s : s + self.chunk_rays], dtype=torch.float32)
+                rb = RayBundle(
+                    origins=o.to(self.device),
+                    directions=d.to(self.device),
+                    pixel_area=torch.full((len(o), 1), 1e-6, device=self.device),
+                    camera_indices=torch.zeros((len(o), 1), dtype=torch.long, device=self.device),
+                )
+                out[s : s + len(o)] = render_chunk(rb)["rgb"].float().cpu().numpy()
+        return out
+
+    def _render_baked(self, rb: Any) -> dict[str, Any]:
+        """A ray cast against the baked proxy surface plus a colour lookup; no network.
+
+        Depth is the distance to the proxy, colour the baked vertex colours interpolated at the
+        hit, accumulation 1. Rays that miss the proxy are rendered by full sampling.
+        """
+        import torch
+
+        px = self._proxy
+        assert px is not None
+        near = float(self.model.config.near_plane)
+        rgb, dist, hit = px.cast(rb.origins.cpu().numpy(), rb.directions.cpu().numpy(), near)
+        dev = rb.origins.device
+        out = {
+            "rgb": torch.from_numpy(rgb).to(dev),
+            "depth": torch.from_numpy(dist).to(dev)[:, None],
+            "accumulation": torch.ones((len(dist), 1), device=dev),
+        }
+        return self._with_fallback(rb, torch.from_numpy(hit).to(dev), out)
+
+    def _with_fallback(self, rb: Any, ok: Any, out: dict[str, Any]) -> dict[str, Any]:
+        """Replace the rays not `ok` by nerfacto's own rendering of them."""
+        bad = (~ok).nonzero()[:, 0]
+        if len(bad):
+            self.fallback_rays += len(bad)
+            ref = self._render_rays(rb[bad])
+            for key in out:
+                out[key][bad] = ref[key].to(out[key].dtype).reshape(out[key][bad].shape)
+        return out
+
+    # ----------------------------------------------------------------- field probes (baking)
+    def _point_samples(self, points: Any, dirs: Any) -> Any:
+        import torch
+        from nerfstudio.cameras.rays import Frustums, RaySamples
+
+        n = len(points)
+        zero = torch.zeros((n, 1, 1), device=points.device)
+        return RaySamples(
+            frustums=Frustums(
+                origins=points[:, None],
+                directions=dirs[:, None],
+                starts=zero,
+                ends=zero,
+                pixel_area=torch.ones_like(zero),
+            ),
+            camera_indices=torch.zeros((n, 1, 1), dtype=torch.long, device=points.device),
+        )
+
+    def field_log_density(self, points: NDArray[np.floating], chunk: int = 1 << 16) -> NDArray:
+        """ln(density) of the field at model-frame points (N, 3) -> (N,) float32."""
+        import torch
+
+        out = np.empty(len(points), np.float32)
+        up = torch.tensor([0.0, 0.0, 1.0], device=self.device)  # density ignores direction
+        with torch.inference_mode(), fast_hash_grids(self.model):
+            for s in range(0, len(points), chunk):
+                p = torch.as_tensor(points[s : s + chunk], dtype=torch.float32).to(self.device)
+                den, _ = self.model.field.get_density(self._point_samples(p, up.expand_as(p)))
+                out[s : s + len(p)] = torch.log(den.reshape(-1).clamp_min(1e-8)).cpu().numpy()
+        return out
+
+    def field_radiance(
+        self, points: NDArray[np.floating], dirs: NDArray[np.floating], chunk: int = 1 << 15
+    ) -> NDArray[np.float32]:
+        """The field's colour (N, 3) in [0, 1] at model-frame points seen along unit dirs."""
+        import torch
+        from nerfstudio.field_components.field_heads import FieldHeadNames
+
+        out = np.empty((len(points), 3), np.float32)
+        f = self.model.field
+        with torch.inference_mode(), fast_hash_grids(self.model):
+            for s in range(0, len(points), chunk):
+                p = torch.as_tensor(points[s : s + chunk], dtype=torch.float32).to(self.device)
+                v = torch.as_tensor(dirs[s : s + chunk], dtype=torch.float32).to(self.device)
+                rs = self._point_samples(p, v)
+                _, emb = f.get_density(rs)
+                rgb = f.get_outputs(rs, density_embedding=emb)[FieldHeadNames.RGB]
+                out[s : s + len(p)] = rgb.reshape(-1, 3).float().cpu().numpy()
+        return out
+
     def render_reference(
         self, cam_to_world: NDArray[np.floating], K: NDArray[np.floating], width: int, height: int
     ) -> dict[str, NDArray[np.float32]]:
@@ -495,6 +713,76 @@ class NerfRenderer:
             dist.append(out["depth"][..., 0].cpu().numpy())
             acc.append(out["accumulation"][..., 0].cpu().numpy())
         return {"rgb": np.stack(rgb), "distance": np.stack(dist), "accumulation": np.stack(acc)}
+
+
+class _Proxy:
+    """A bundle's bake, ready to render: the density grid as a tensor, the surface in Embree."""
+
+    def __init__(self, baked: Any, device: str) -> None:
+        import torch
+        import trimesh
+        from trimesh.ray.ray_pyembree import RayMeshIntersector
+
+        # grid_sample wants (z, y, x) volume axes for (x, y, z) coordinates
+        vol = torch.from_numpy(baked.log_density.astype(np.float32)).permute(2, 1, 0)
+        self.volume = vol[None, None].contiguous().to(device)
+        self.lo = torch.tensor(baked.bounds[0], dtype=torch.float32, device=device)
+        self.hi = torch.tensor(baked.bounds[1], dtype=torch.float32, device=device)
+        self.vertices = baked.vertices.astype(np.float64)
+        self.faces = baked.faces.astype(np.int64)
+        self.colour = baked.colour.astype(np.float32) / 255.0
+        tri = self.vertices[self.faces]
+        nrm = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+        self._normals = nrm / np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-30)
+        mesh = trimesh.Trimesh(self.vertices, self.faces, process=False, validate=False)
+        self._embree = RayMeshIntersector(mesh, scale_to_box=False)
+
+    def density(self, points: Any) -> Any:
+        """Density at model-frame points (..., 3) by trilinear lookup of ln(density)."""
+        import torch
+        import torch.nn.functional as F
+
+        shape = points.shape[:-1]
+        q = (2.0 * (points - self.lo) / (self.hi - self.lo) - 1.0).reshape(1, 1, 1, -1, 3)
+        ln = F.grid_sample(self.volume, q, align_corners=True, padding_mode="border")
+        return torch.exp(ln.reshape(shape))
+
+    def span(self, o: Any, d: Any, near: float) -> tuple[Any, Any, Any]:
+        """Where rays run inside the grid box: (t_start, t_end, ok) with ok = origin inside."""
+        import torch
+
+        inv = 1.0 / torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
+        t0, t1 = (self.lo - o) * inv, (self.hi - o) * inv
+        t_in = torch.minimum(t0, t1).amax(-1)
+        t_out = torch.maximum(t0, t1).amin(-1)
+        t_a = torch.full_like(t_in, near)
+        ok = (t_in <= near) & (t_out > near)
+        return t_a, torch.where(ok, t_out, t_a + 1.0), ok
+
+    def cast(
+        self, o: NDArray, d: NDArray, near: float
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]]:
+        """First proxy hit per ray: interpolated baked colour, distance, hit mask."""
+        from trimesh.triangles import points_to_barycentric
+
+        o, d = o.astype(np.float64), d.astype(np.float64)
+        tri = np.asarray(self._embree.intersects_first(o + d * near, d), np.int64)
+        hit = tri >= 0
+        rgb = np.zeros((len(o), 3), np.float32)
+        dist = np.zeros(len(o), np.float32)
+        if hit.any():
+            th = tri[hit]
+            v0 = self.vertices[self.faces[th, 0]]
+            nrm = self._normals[th]
+            # exact float64 plane intersection of the triangle Embree found (float32)
+            t = np.einsum("ij,ij->i", nrm, v0 - o[hit]) / np.einsum("ij,ij->i", nrm, d[hit])
+            pts = o[hit] + t[:, None] * d[hit]
+            bary = points_to_barycentric(self.vertices[self.faces[th]], pts)
+            bary = np.clip(bary, 0.0, 1.0)
+            bary /= np.maximum(bary.sum(1, keepdims=True), 1e-12)
+            rgb[hit] = np.einsum("ij,ijk->ik", bary, self.colour[self.faces[th]])
+            dist[hit] = t
+        return rgb, dist, hit
 
 
 # --------------------------------------------------------------------------- trainer adapter

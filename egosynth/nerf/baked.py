@@ -1,0 +1,184 @@
+"""The baked proxy of a NeRF bundle: plain arrays in the bundle, read and written safely.
+
+`egosynth scenes bake` derives, from the bundle's own field (never from the mesh ground truth):
+
+- a **density grid**: ln(density) of the field on a regular grid over the scene box, in
+  nerfstudio's model frame (the frame the field lives in): guided rendering uses it in place
+  of nerfacto's proposal networks;
+- a **proxy surface**: marching cubes of that grid, cast against with Embree in baked mode;
+- **baked colour** per proxy vertex: the field's rendered colour seen from several directions
+  around the vertex normal, averaged (spherical-harmonics degree 0; see docs/bundles.md for the
+  measurement that chose it over degree 1).
+
+Files, next to bundle.json::
+
+    <bundle>/bake.npz    log_density (R, R, R) float16, bounds (2, 3) float32,
+                         vertices (V, 3) float32 model frame, faces (F, 3) int32,
+                         colour (V, 3) uint8 — a zip of .npy files written with fixed
+                         timestamps (same inputs -> same bytes), read with allow_pickle=False
+    <bundle>/bake.json   format version, sha256 of weights.pt (a stale bake is detected),
+                         sha256 of bake.npz (a corrupt one is detected), settings and stats
+
+Nothing here imports nerfstudio or torch; building a bake lives in egosynth.nerf.bake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from egosynth.nerf.bundle import WEIGHTS, BundleError
+
+BAKE_NPZ = "bake.npz"
+BAKE_JSON = "bake.json"
+BAKE_FORMAT = "egosynth-nerf-bake"
+BAKE_VERSION = 1
+# name -> (dtype, ndim, size of the last axis or None)
+_ARRAYS = {
+    "log_density": (np.float16, 3, None),
+    "bounds": (np.float32, 2, 3),
+    "vertices": (np.float32, 2, 3),
+    "faces": (np.int32, 2, 3),
+    "colour": (np.uint8, 2, 3),
+}
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed, so a bake is byte-for-byte reproducible
+
+
+class StaleBake(BundleError):
+    """The bake was made from other weights than the bundle's current weights.pt."""
+
+
+@dataclass
+class Baked:
+    """A bundle's proxy surface and baked colour, in nerfstudio's model frame."""
+
+    log_density: NDArray[np.float16]  # (R, R, R) ln(density) at grid points, x-major
+    bounds: NDArray[np.float32]  # (2, 3) min and max corner of the grid, model frame
+    vertices: NDArray[np.float32]
+    faces: NDArray[np.int32]
+    colour: NDArray[np.uint8]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_faces(self) -> int:
+        return int(len(self.faces))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _npz_bytes(arrays: dict[str, NDArray]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name in sorted(arrays):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            arr = io.BytesIO()
+            np.lib.format.write_array(arr, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            zf.writestr(info, arr.getvalue(), compresslevel=6)
+    return buf.getvalue()
+
+
+def write_bake(root: Path, baked: Baked) -> Path:
+    """Write bake.npz and bake.json atomically (temp files, then rename; json last)."""
+    root = Path(root)
+    data = _npz_bytes({name: getattr(baked, name) for name in _ARRAYS})
+    own = ("format", "format_version", "weights_sha256", "npz_sha256")
+    meta = {
+        "format": BAKE_FORMAT,
+        "format_version": BAKE_VERSION,
+        "weights_sha256": sha256_file(root / WEIGHTS),
+        "npz_sha256": hashlib.sha256(data).hexdigest(),
+        **{k: v for k, v in baked.info.items() if k not in own},
+    }
+    for name, payload in ((BAKE_NPZ, data), (BAKE_JSON, (json.dumps(meta, indent=1) + "\n").encode())):
+        tmp = root / f".{name}.tmp"
+        tmp.write_bytes(payload)
+        tmp.replace(root / name)
+    return root / BAKE_NPZ
+
+
+def has_bake(root: Path) -> bool:
+    return (Path(root) / BAKE_JSON).is_file() and (Path(root) / BAKE_NPZ).is_file()
+
+
+def _inside(root: Path, path: Path) -> Path:
+    """`path` as a regular file inside `root` (a symlink out of the bundle is refused)."""
+    real = path.resolve()
+    if not real.is_relative_to(root.resolve()):
+        raise BundleError(f"{path}: refused: it points outside the bundle ({real})")
+    if not real.is_file():
+        raise BundleError(f"{path}: not a regular file")
+    return real
+
+
+def read_bake(root: Path) -> Baked:
+    """Read and verify a bundle's bake; StaleBake if the weights changed, BundleError if bad."""
+    root = Path(root)
+    jpath = _inside(root, root / BAKE_JSON)
+    try:
+        meta = json.loads(jpath.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{jpath}: invalid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != BAKE_FORMAT:
+        raise BundleError(f"{jpath}: field 'format': not an {BAKE_FORMAT} file")
+    if meta.get("format_version") != BAKE_VERSION:
+        raise BundleError(
+            f"{jpath}: field 'format_version' = {meta.get('format_version')!r}: "
+            f"this egosynth reads {BAKE_VERSION} (rebuild with `egosynth scenes bake {root}`)"
+        )
+    if meta.get("weights_sha256") != sha256_file(_inside(root, root / WEIGHTS)):
+        raise StaleBake(
+            f"{jpath}: stale: made from other weights than {root / WEIGHTS} "
+            f"(rebuild with `egosynth scenes bake {root}`)"
+        )
+    npath = _inside(root, root / BAKE_NPZ)
+    data = npath.read_bytes()
+    if hashlib.sha256(data).hexdigest() != meta.get("npz_sha256"):
+        raise BundleError(
+            f"{npath}: corrupt: its checksum does not match bake.json "
+            f"(rebuild with `egosynth scenes bake {root}`)"
+        )
+    arrays = _load_arrays(npath, data)
+    return Baked(info=meta, **arrays)
+
+
+def _load_arrays(npath: Path, data: bytes) -> dict[str, NDArray]:
+    out: dict[str, NDArray] = {}
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            for name, (dtype, ndim, cols) in _ARRAYS.items():
+                if name not in z.files:
+                    raise BundleError(f"{npath}: array '{name}' is missing")
+                a = z[name]
+                if a.dtype != dtype or a.ndim != ndim or (cols and a.shape[-1] != cols):
+                    raise BundleError(
+                        f"{npath}: array '{name}': {a.dtype} {a.shape}, expected {np.dtype(dtype)} "
+                        f"with {ndim} axes"
+                    )
+                out[name] = a
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise BundleError(f"{npath}: not a readable bake ({exc})") from None
+    v, f, b = out["vertices"], out["faces"], out["bounds"]
+    if b.shape != (2, 3) or not np.all(np.isfinite(b)) or not np.all(b[1] > b[0]):
+        raise BundleError(f"{npath}: array 'bounds' = {b.tolist()}: not a box")
+    if len(out["colour"]) != len(v):
+        raise BundleError(f"{npath}: array 'colour' has {len(out['colour'])} rows for {len(v)} vertices")
+    if not np.all(np.isfinite(v)):
+        raise BundleError(f"{npath}: array 'vertices' holds non-finite values")
+    if len(f) and (f.min() < 0 or f.max() >= len(v)):
+        raise BundleError(f"{npath}: array 'faces' indexes past the {len(v)} vertices")
+    return out
