@@ -625,6 +625,47 @@ CASES = [
     Case("demo-jobs-0", lambda *_: ["demo", "--jobs", "0"], "--jobs"),
     Case("demo-set-malformed", lambda *_: ["demo", "--set", "novalue"], "--set"),
     Case("unknown-command", lambda *_: ["frobnicate"], "frobnicate"),
+    # ------------------------------------------------------------ scenes import (a nerfstudio run)
+    Case(
+        "import-checkpoint-pickle",
+        lambda d, *_: ["scenes", "import", str(_run(d, pickle_payload)), "--out", str(d / "b")],
+        "refused",
+    ),
+    Case(
+        "import-checkpoint-garbage",
+        lambda d, *_: [
+            "scenes",
+            "import",
+            str(_run(d, lambda f, n: raw(f, n, GARBAGE))),
+            "--out",
+            str(d / "b"),
+        ],
+        "step-000.ckpt",
+    ),
+    Case(
+        "import-out-is-file",
+        lambda d, *_: [
+            "scenes",
+            "import",
+            str(_run(d, pickle_payload)),
+            "--out",
+            str(raw(d, "f", b"x")),
+        ],
+        "file",
+    ),
+    Case(
+        "import-annotations-utf16",
+        lambda d, *_: [
+            "scenes",
+            "import",
+            str(_run(d, pickle_payload)),
+            "--out",
+            str(d / "b"),
+            "--annotations",
+            str(raw(d, "a.yaml", UTF16_SET)),
+        ],
+        "UTF-16",
+    ),
     # ------------------------------------------------------------ NeRF bundles (imports nerfstudio)
     Case(
         "bundle-weights-symlink-outside",
@@ -646,6 +687,15 @@ CASES = [
         "world_from_scene.scale",
     ),
 ]
+
+
+def _run(d: Path, make_ckpt: Callable[[Path, str], Path]) -> Path:
+    """A nerfstudio output folder: config.yml and one checkpoint made by `make_ckpt`."""
+    run = d / "outputs" / "scene" / "nerfacto" / "run"
+    (run / "nerfstudio_models").mkdir(parents=True)
+    (run / "config.yml").write_text("!!python/object:nerfstudio.Whatever {}\n")
+    make_ckpt(run / "nerfstudio_models", "step-000.ckpt")
+    return d / "outputs"
 
 
 def _symlinked_weights(d: Path) -> Path:

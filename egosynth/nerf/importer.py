@@ -92,8 +92,10 @@ def import_run(
     provenance: dict[str, Any] | None = None,
 ) -> Path:
     """Write a bundle at `out` from the nerfstudio run in `folder`; returns the bundle path."""
+    from egosynth.checks import output_dir
     from egosynth.render.nerf import read_run_config
 
+    output_dir(out, "--out", inputs=[folder])  # before anything is read or written
     run = find_run(folder)
     ckpt = latest_checkpoint(run)
     weights, step = model_weights(ckpt)  # refuses unsafe pickles before config.yml is read
