@@ -141,7 +141,7 @@ class SceneConfig(StrictModel):
     name: str = Field(min_length=1)
     backend: Literal["mesh", "nerf"]
     bundle: Path | None = None
-    # NeRF render mode (docs/bundles.md): None = baked when the bundle has a bake, else full
+    # NeRF render mode (docs/bundles.md): None = guided when the bundle is baked, else full
     render: Literal["full", "guided", "baked"] | None = None
     procedural: dict[str, Any] | None = None
     world_from_scene: Similarity = Similarity()

@@ -198,17 +198,21 @@ def test_moved_bundle_renders_the_same_from_another_directory(
 needs_bundle = pytest.mark.skipif(not COMMITTED, reason="no committed bundle in scene_bundles/")
 
 
-@pytest.fixture(scope="session")
-def committed_check():
+@pytest.fixture(scope="session", params=["full", "guided", "baked"])
+def committed_check(request):
+    """Every render mode of the first committed bundle, with its mesh ground truth."""
+    from egosynth.nerf.baked import has_bake
     from egosynth.nerf.bundle import read_bundle
     from egosynth.nerf.check import egocentric_views
     from egosynth.render.mesh import MeshRenderer
     from egosynth.render.nerf import NerfRenderer
 
     root = COMMITTED[0]
+    if request.param != "full" and not has_bake(root):
+        pytest.fail(f"{root}: committed bundles are committed with their bake")
     gt = read_bundle(root).ground_truth_scene()
     c2w, K = egocentric_views(gt, 2, 96, 72)
-    nerf = NerfRenderer.from_bundle(root, device="cpu")
+    nerf = NerfRenderer.from_bundle(root, device="cpu", mode=request.param)
     want = MeshRenderer.from_scene(gt).render(c2w, K, 96, 72)
     return nerf, c2w, K, nerf.render(c2w, K, 96, 72), want
 

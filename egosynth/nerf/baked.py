@@ -6,9 +6,9 @@
   nerfstudio's model frame (the frame the field lives in): guided rendering uses it in place
   of nerfacto's proposal networks;
 - a **proxy surface**: marching cubes of that grid, cast against with Embree in baked mode;
-- **baked colour** per proxy vertex: the field's rendered colour seen from several directions
-  around the vertex normal, averaged (spherical-harmonics degree 0; see docs/bundles.md for the
-  measurement that chose it over degree 1).
+- **baked colour** per proxy vertex: the field's colour seen from several directions around
+  the vertex normal, averaged (spherical-harmonics degree 0: the procedural ground truth is
+  Lambertian, so view-dependent terms cannot bring baked frames closer to it).
 
 Files, next to bundle.json::
 
@@ -69,7 +69,7 @@ class Baked:
 
     @property
     def n_faces(self) -> int:
-        return int(len(self.faces))
+        return len(self.faces)
 
 
 def sha256_file(path: Path) -> str:
@@ -104,7 +104,10 @@ def write_bake(root: Path, baked: Baked) -> Path:
         "npz_sha256": hashlib.sha256(data).hexdigest(),
         **{k: v for k, v in baked.info.items() if k not in own},
     }
-    for name, payload in ((BAKE_NPZ, data), (BAKE_JSON, (json.dumps(meta, indent=1) + "\n").encode())):
+    for name, payload in (
+        (BAKE_NPZ, data),
+        (BAKE_JSON, (json.dumps(meta, indent=1) + "\n").encode()),
+    ):
         tmp = root / f".{name}.tmp"
         tmp.write_bytes(payload)
         tmp.replace(root / name)
@@ -176,7 +179,9 @@ def _load_arrays(npath: Path, data: bytes) -> dict[str, NDArray]:
     if b.shape != (2, 3) or not np.all(np.isfinite(b)) or not np.all(b[1] > b[0]):
         raise BundleError(f"{npath}: array 'bounds' = {b.tolist()}: not a box")
     if len(out["colour"]) != len(v):
-        raise BundleError(f"{npath}: array 'colour' has {len(out['colour'])} rows for {len(v)} vertices")
+        raise BundleError(
+            f"{npath}: array 'colour' has {len(out['colour'])} rows for {len(v)} vertices"
+        )
     if not np.all(np.isfinite(v)):
         raise BundleError(f"{npath}: array 'vertices' holds non-finite values")
     if len(f) and (f.min() < 0 or f.max() >= len(v)):

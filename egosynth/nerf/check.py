@@ -145,13 +145,17 @@ def side_by_side(nerf: Frames, mesh: Frames, path: Path, max_rows: int = 6) -> P
     return path
 
 
-def resolve_target(target: str | Path) -> tuple[SceneConfig, Path]:
+def resolve_target(
+    target: str | Path, need_annotations: bool = True
+) -> tuple[SceneConfig | None, Path]:
     """(scene config for the NeRF backend, bundle folder) from a bundle or a nerf scene config."""
     from egosynth.nerf.bundle import read_bundle
 
     target = Path(target)
     if target.is_dir():
         bundle = read_bundle(target)
+        if not need_annotations:
+            return bundle.annotations, bundle.root
         if bundle.annotations is None:
             raise EgosynthError(f"{target}: bundle has no annotations, nothing to check against")
         return bundle.annotations, bundle.root
@@ -159,6 +163,92 @@ def resolve_target(target: str | Path) -> tuple[SceneConfig, Path]:
     if scene.backend != "nerf":
         raise EgosynthError(f"{target}: field 'backend' = {scene.backend!r}: need a nerf scene")
     return scene, scene.bundle_path()
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    result: CheckResult
+    rays_per_s: float
+    fallback: float  # fraction of rays rendered by full sampling
+    psnr_vs_full: float  # nan for full itself
+
+
+def check_modes(
+    target: str | Path,
+    n_frames: int = 4,
+    width: int = 128,
+    height: int = 96,
+    picture: Path | None = None,
+    device: str | None = None,
+    modes: list[str] | None = None,
+) -> str:
+    """Render the same held-out views in each mode; a table against the mesh ground truth."""
+    import time
+
+    from egosynth.nerf.baked import has_bake
+    from egosynth.nerf.bundle import read_bundle
+    from egosynth.render.mesh import MeshRenderer
+    from egosynth.render.nerf import RENDER_MODES, NerfRenderer
+
+    scene, root = resolve_target(target)
+    gt_scene = read_bundle(root).ground_truth_scene()
+    if gt_scene is None:
+        raise EgosynthError(f"{root}: bundle records no procedural scene to compare against")
+    modes = modes or (list(RENDER_MODES) if has_bake(root) else ["full"])
+    c2w, K = egocentric_views(gt_scene, n_frames, width, height)
+    nerf = NerfRenderer.from_scene(scene, device=device, mode="full")
+    want = MeshRenderer.from_scene(gt_scene).render(c2w, K, width, height)
+    rows: list[ModeResult] = []
+    frames: dict[str, Frames] = {}
+    for mode in ["full", *[m for m in modes if m != "full"]]:
+        nerf.set_mode(mode)
+        t0 = time.perf_counter()
+        got = nerf.render(c2w, K, width, height)
+        dt = time.perf_counter() - t0
+        frames[mode] = got
+        vs_full = psnr(got.rgb, frames["full"].rgb) if mode != "full" else float("nan")
+        rays = got.rgb.shape[0] * width * height
+        rows.append(ModeResult(mode, compare(got, want), rays / dt, nerf.fallback_rays / rays,
+                               vs_full))  # fmt: skip
+    if picture is not None:
+        modes_picture([frames[r.mode] for r in rows], [r.mode for r in rows], want, picture)
+    return mode_table(rows)
+
+
+def mode_table(rows: list[ModeResult]) -> str:
+    head = (
+        f"{'mode':7s} {'rays/s':>9s} {'fallback':>8s} {'PSNR':>6s} {'SSIM':>6s} "
+        f"{'depth':>6s} {'IoU':>6s} {'vs full':>8s}"
+    )
+    lines = [head]
+    for r in rows:
+        c = r.result
+        lines.append(
+            f"{r.mode:7s} {r.rays_per_s:9.0f} {100 * r.fallback:7.1f}% {c.psnr_db:6.2f} "
+            f"{c.ssim:6.3f} {100 * c.depth_median_rel_error:5.1f}% {c.instance_iou:6.3f} "
+            f"{r.psnr_vs_full:6.2f}dB"
+        )
+    lines.append("PSNR, SSIM, median relative depth error and instance IoU against the mesh "
+                 "ground truth; 'vs full': PSNR against full rendering")  # fmt: skip
+    return "\n".join(lines)
+
+
+def modes_picture(nerfs: list[Frames], names: list[str], mesh: Frames, path: Path) -> Path:
+    """Rows: views; columns: rgb of each mode | mesh rgb | depth of each mode | mesh depth."""
+    import imageio.v3 as iio
+
+    far = float(max(mesh.depth.max(initial=0), 1e-3))
+    rows = []
+    for i in range(min(len(mesh), 4)):
+        cells = [f.rgb[i] for f in nerfs] + [mesh.rgb[i]]
+        cells += [_colour_depth(f.depth[i], far) for f in nerfs] + [
+            _colour_depth(mesh.depth[i], far)
+        ]
+        rows.append(np.concatenate(cells, axis=1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, np.concatenate(rows, axis=0))
+    return path
 
 
 def check(
@@ -180,9 +270,9 @@ def check(
         raise EgosynthError(f"{root}: bundle records no procedural scene to compare against")
     c2w, K = egocentric_views(gt_scene, n_frames, width, height)
     if scene.source is not None:
-        nerf = NerfRenderer.from_scene(scene, device=device)
+        nerf = NerfRenderer.from_scene(scene, device=device, mode="full")
     else:
-        nerf = NerfRenderer.from_bundle(root, device=device)
+        nerf = NerfRenderer.from_bundle(root, device=device, mode="full")
     got = nerf.render(c2w, K, width, height)
     want = MeshRenderer.from_scene(gt_scene).render(c2w, K, width, height)
     if picture is not None:

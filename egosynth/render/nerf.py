@@ -57,6 +57,11 @@ RENDER_MODES = ("full", "guided", "baked")
 # Guided: samples of the baked density grid per ray (a march over the grid box; the grid is
 # cheap, so many) and field evaluations per ray (at the grid weights' quantiles; the expensive
 # part). Measured on room_0 (docs/bundles.md): 4 colour samples agree with 8 to < 0.1 dB.
+# The mode a scene gets when its config names none and its bundle is baked. guided, not baked:
+# on the committed CPU bundles baked frames are measured ~7 dB further from the ground truth
+# than full ones (docs/bundles.md), guided ones within ~1 dB; baked stays opt-in until its
+# colour model closes that gap.
+DEFAULT_BAKED_MODE = "guided"
 GUIDED_GRID_SAMPLES = 256
 GUIDED_FIELD_SAMPLES = 4
 # Light the grid leaves at its box's far side: above ESCAPE_SAMPLE_MIN it gets the field's colour
@@ -378,7 +383,7 @@ class NerfRenderer:
         self.set_mode(mode)
 
     def set_mode(self, mode: str | None) -> str:
-        """Choose full | guided | baked; None = baked when the bundle has a bake, else full.
+        """Choose full | guided | baked; None = DEFAULT_BAKED_MODE if the bundle is baked, else full.
 
         guided and baked need the bundle's bake (`egosynth scenes bake`); a stale or corrupt
         bake is refused with one line, never used.
@@ -386,7 +391,7 @@ class NerfRenderer:
         from egosynth.nerf.baked import has_bake, read_bake
 
         if mode is None:
-            mode = "baked" if has_bake(self.bundle.root) else "full"
+            mode = DEFAULT_BAKED_MODE if has_bake(self.bundle.root) else "full"
         if mode not in RENDER_MODES:
             raise EgosynthError(f"render mode {mode!r}: choose one of {list(RENDER_MODES)}")
         if mode != "full" and self._proxy is None:

@@ -1,0 +1,184 @@
+"""Baking a NeRF bundle (density grid, proxy surface, colour) and the guided / baked modes:
+determinism, refusal of stale and corrupt bakes, fallback to full sampling, imported runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from egosynth.config import REPO_ROOT
+from egosynth.errors import EgosynthError
+
+pytestmark = pytest.mark.nerf
+
+ROOM = REPO_ROOT / "scene_bundles" / "room_0"
+RES = 40  # a coarse grid: seconds to bake, enough to test the mechanics
+
+
+def _copy_bundle(dst: Path) -> Path:
+    dst.mkdir(parents=True)
+    for name in ("bundle.json", "weights.pt", "annotations.json"):
+        shutil.copy(ROOM / name, dst / name)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def baked_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from egosynth.nerf.bake import bake
+
+    root = _copy_bundle(tmp_path_factory.mktemp("bake") / "room")
+    bake(root, RES, progress=False)
+    return root
+
+
+def test_bake_is_deterministic(baked_copy: Path, tmp_path: Path) -> None:
+    from egosynth.nerf.bake import bake
+
+    again = _copy_bundle(tmp_path / "again")
+    bake(again, RES, progress=False)
+    assert (again / "bake.npz").read_bytes() == (baked_copy / "bake.npz").read_bytes()
+    a, b = (json.loads((r / "bake.json").read_text()) for r in (again, baked_copy))
+    assert a["npz_sha256"] == b["npz_sha256"] and a["weights_sha256"] == b["weights_sha256"]
+
+
+def test_bake_holds_a_surface_and_colours_from_the_field(baked_copy: Path) -> None:
+    from egosynth.nerf.baked import read_bake
+
+    b = read_bake(baked_copy)
+    assert b.log_density.shape == (RES, RES, RES)
+    assert len(b.faces) > 100 and len(b.colour) == len(b.vertices)
+    inside = np.all((b.vertices >= b.bounds[0]) & (b.vertices <= b.bounds[1]), axis=1)
+    assert inside.all()
+    assert b.colour.std() > 5  # a textured room, not one flat colour
+
+
+def test_stale_bake_is_refused(baked_copy: Path, tmp_path: Path) -> None:
+    import torch
+
+    from egosynth.nerf.baked import StaleBake, read_bake
+    from egosynth.nerf.bundle import load_weights, save_weights
+    from egosynth.render.nerf import NerfRenderer
+
+    root = tmp_path / "stale"
+    shutil.copytree(baked_copy, root)
+    w = load_weights(root / "weights.pt")
+    key = next(k for k, v in w.items() if v.is_floating_point())
+    w[key] = w[key] + torch.ones_like(w[key]) * 1e-3
+    save_weights(w, root / "weights.pt")
+    with pytest.raises(StaleBake, match="stale"):
+        read_bake(root)
+    for mode in ("guided", "baked", None):  # the default too: never silently used
+        with pytest.raises(StaleBake) as err:
+            NerfRenderer.from_bundle(root, device="cpu", mode=mode)
+        assert "\n" not in str(err.value) and "scenes bake" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda r: (r / "bake.npz").write_bytes((r / "bake.npz").read_bytes()[:-100]),
+        lambda r: (r / "bake.npz").write_bytes(b"\x00garbage" * 50),
+        lambda r: (r / "bake.json").write_bytes(b"\xff\xfe not json"),
+        lambda r: (r / "bake.json").write_text('{"format": "other"}'),
+    ],
+    ids=["truncated-npz", "garbage-npz", "binary-json", "wrong-format"],
+)
+def test_corrupt_bake_is_refused_with_one_line(baked_copy: Path, tmp_path: Path, damage) -> None:
+    from egosynth.nerf.baked import read_bake
+
+    root = tmp_path / "bad"
+    shutil.copytree(baked_copy, root)
+    damage(root)
+    with pytest.raises(EgosynthError) as err:
+        read_bake(root)
+    assert "\n" not in str(err.value) and "bake" in str(err.value)
+
+
+def test_bake_symlink_out_of_the_bundle_is_refused(baked_copy: Path, tmp_path: Path) -> None:
+    from egosynth.nerf.baked import read_bake
+
+    root = tmp_path / "link"
+    shutil.copytree(baked_copy, root)
+    outside = tmp_path / "outside.npz"
+    shutil.move(root / "bake.npz", outside)
+    (root / "bake.npz").symlink_to(outside)
+    with pytest.raises(EgosynthError, match="outside the bundle"):
+        read_bake(root)
+
+
+def test_guided_and_baked_need_a_bake(tmp_path: Path) -> None:
+    from egosynth.render.nerf import NerfRenderer
+
+    root = _copy_bundle(tmp_path / "plain")
+    r = NerfRenderer.from_bundle(root, device="cpu", mode=None)
+    assert r.mode == "full"  # no bake: the default is full
+    with pytest.raises(EgosynthError, match="scenes bake"):
+        r.set_mode("guided")
+
+
+@pytest.mark.parametrize("mode", ["guided", "baked"])
+def test_rays_the_proxy_cannot_answer_are_rendered_in_full(baked_copy: Path, mode: str) -> None:
+    """A camera far outside the grid box, looking away: every ray falls back, and the frame
+    equals full rendering."""
+    from egosynth.camera import intrinsics_from_fov, look_at
+    from egosynth.render.nerf import NerfRenderer
+
+    r = NerfRenderer.from_bundle(baked_copy, device="cpu", mode="full")
+    c2w = look_at((30.0, 30.0, 1.5), (60.0, 60.0, 1.5))[None]
+    K = intrinsics_from_fov(16, 12, 80.0)
+    want = r.render_raw(c2w, K, 16, 12)
+    r.set_mode(mode)
+    got = r.render_raw(c2w, K, 16, 12)
+    assert r.fallback_rays == 16 * 12
+    for key in ("rgb", "distance", "accumulation"):
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6)
+
+
+def test_guided_agrees_with_full_inside_the_room(baked_copy: Path) -> None:
+    from egosynth.nerf.bundle import read_bundle
+    from egosynth.nerf.check import egocentric_views, psnr
+    from egosynth.render.nerf import NerfRenderer
+
+    gt = read_bundle(baked_copy).ground_truth_scene()
+    c2w, K = egocentric_views(gt, 1, 24, 18)
+    r = NerfRenderer.from_bundle(baked_copy, device="cpu", mode="full")
+    full = r.render_raw(c2w, K, 24, 18)
+    r.set_mode("guided")
+    guided = r.render_raw(c2w, K, 24, 18)
+    assert r.fallback_rays < 0.05 * guided["rgb"][..., 0].size
+    assert psnr(guided["rgb"], full["rgb"]) > 25  # coarse test grid; 35 dB at 192³ (bench)
+    rel = np.abs(guided["distance"] - full["distance"]) / full["distance"]
+    assert np.median(rel) < 0.05
+
+
+def test_bake_of_an_imported_nerfstudio_run_renders(tmp_path_factory) -> None:
+    """A run fitted by nerfstudio's own trainer (not by egosynth's fit), imported, baked."""
+    from egosynth.camera import intrinsics_from_fov
+    from egosynth.nerf.bake import bake
+    from egosynth.nerf.importer import import_run
+    from egosynth.nerf.synthetic import ring_poses, tiny_fit
+    from egosynth.render.nerf import NerfRenderer
+
+    _, run = tiny_fit(tmp_path_factory.getbasetemp() / "tiny_nerf")
+    root = import_run(run, tmp_path_factory.mktemp("imported") / "bundle")
+    bake(root, 32, progress=False)
+    r = NerfRenderer.from_bundle(root, device="cpu", mode=None)
+    assert r.mode == "guided"  # the default once baked (DEFAULT_BAKED_MODE)
+    c2w = ring_poses(2, radius=3.0, height=0.5)
+    K = intrinsics_from_fov(16, 12, 60.0)
+    for mode in ("baked", "guided"):
+        r.set_mode(mode)
+        f = r.render(c2w, K, 16, 12)
+        assert f.rgb.shape == (2, 12, 16, 3) and np.isfinite(f.depth).all()
+
+
+def test_scenes_bake_command_refuses_bad_resolution(capsys) -> None:
+    from egosynth.cli import main
+
+    assert main(["scenes", "bake", str(ROOM), "--resolution", "3", "--no-progress"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "resolution" in err
