@@ -18,6 +18,7 @@ clip byte-identical (read with plain zarr), every clip file byte-identical, and
 again with another random point. Prints `N/N identical` per kind.
 
     .venv/bin/python benchmarks/fault_survival.py [--kills 20] [--interrupts 10] [--seed 0]
+        [--address HOST:PORT]   # a running cluster (2 CPUs); else one is started here
 """
 
 from __future__ import annotations
@@ -252,6 +253,9 @@ def main() -> None:
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--height", type=int, default=48)
     p.add_argument("--seed", type=int, default=0, help="seed of the random fault points")
+    p.add_argument(
+        "--address", default=None, help="a running Ray cluster to use (default: start one here)"
+    )
     args = p.parse_args()
 
     import ray
@@ -273,7 +277,10 @@ def main() -> None:
             f"({len(sset.scene_configs)} mesh scenes), reference rendered single-process",
             flush=True,
         )
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        if args.address:
+            ray.init(address=args.address, logging_level="ERROR")
+        else:
+            ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
         address = ray.get_runtime_context().gcs_address
         kills = _kill_trials(sset, work, ref, args, rng) if args.kills else (0, 0, 0)
         ints = (

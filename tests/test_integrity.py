@@ -16,6 +16,7 @@ Real renders (mesh backend), real zarr, real processes:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -247,8 +248,12 @@ def test_train_resume_on_another_store_with_the_same_clips_is_refused(
 # --------------------------------------------------------------------------- renders
 @pytest.fixture(scope="module")
 def cluster() -> str:
+    """A local Ray cluster of 2 CPUs for the module (or the running one RAY_ADDRESS names)."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], logging_level="ERROR")
+    else:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
