@@ -31,6 +31,8 @@ from egosynth.readers import resolve
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCENE_CONFIGS = REPO_ROOT / "scene_configs"
 DEFAULT_SCENE_SET = SCENE_CONFIGS / "sets" / "demo.yaml"
+# `egosynth render` with no argument renders the committed NeRF bundles (guided, once baked).
+DEFAULT_RENDER_SET = SCENE_CONFIGS / "sets" / "demo_nerf.yaml"
 
 PositiveFloat = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
 Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]

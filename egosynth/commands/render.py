@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from egosynth.checks import count, real
-from egosynth.config import DEFAULT_SCENE_SET
+from egosynth.config import DEFAULT_RENDER_SET
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,8 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "scene_set",
         nargs="?",
         type=Path,
-        default=DEFAULT_SCENE_SET,
-        help="scene set YAML (default: the embedded demo set)",
+        default=DEFAULT_RENDER_SET,
+        help="scene set YAML (default: the committed NeRF bundles, demo_nerf.yaml)",
     )
     p.add_argument(
         "--out",

@@ -37,7 +37,7 @@ ISO_LOG_DENSITY = math.log(10.0)
 # Proxy clean-up (see proxy_surface): Gaussian smoothing of ln(density) in voxels; probe
 # viewpoints, rays per viewpoint and the dilation (voxels) around their hits that keeps faces.
 SMOOTH_VOXELS = 1.5
-MIN_COMPONENT_FACES = 20_000
+MIN_COMPONENT_FACES = 20_000  # at 192³; scaled with the grid's face count (∝ resolution²)
 PROBE_VIEWS = 64
 PROBE_RAYS = 20_000
 PROBE_DILATE = 2
@@ -86,7 +86,13 @@ def proxy_surface(log_density: NDArray, bounds: NDArray) -> tuple[NDArray, NDArr
 
     vol = ndimage.gaussian_filter(log_density.astype(np.float32), SMOOTH_VOXELS)
     verts, faces, normals = _level_set(vol, bounds)
-    keep = _large_components(verts, faces) & _visible_faces(vol, bounds, verts, faces)
+    min_faces = max(8, round(MIN_COMPONENT_FACES * (vol.shape[0] / BAKE_RESOLUTION) ** 2))
+    keep = _large_components(verts, faces, min_faces) & _visible_faces(vol, bounds, verts, faces)
+    if not keep.any():
+        raise EgosynthError(
+            "the proxy surface is empty: no large surface is visible from the "
+            "free space near the scene box centre"
+        )
     used = np.unique(faces[keep])
     remap = np.full(len(verts), -1, np.int64)
     remap[used] = np.arange(len(used))
@@ -111,8 +117,8 @@ def _level_set(vol: NDArray, bounds: NDArray) -> tuple[NDArray, NDArray, NDArray
     return verts, faces.astype(np.int32), n
 
 
-def _large_components(verts: NDArray, faces: NDArray) -> NDArray[np.bool_]:
-    """Faces of connected components with at least MIN_COMPONENT_FACES faces.
+def _large_components(verts: NDArray, faces: NDArray, min_faces: int) -> NDArray[np.bool_]:
+    """Faces of connected components with at least `min_faces` faces.
 
     Fog blobs above the proxy level float in free space; as opaque proxy pieces they would
     speckle baked frames with dark spots, where full rendering sees through them.
@@ -122,7 +128,7 @@ def _large_components(verts: NDArray, faces: NDArray) -> NDArray[np.bool_]:
     mesh = trimesh.Trimesh(verts, faces, process=False, validate=False)
     labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(faces))
     sizes = np.bincount(labels)
-    return sizes[labels] >= MIN_COMPONENT_FACES
+    return sizes[labels] >= min_faces
 
 
 def _probe_points(vol: NDArray, bounds: NDArray, n: int) -> NDArray[np.float64]:

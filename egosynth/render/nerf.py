@@ -383,7 +383,7 @@ class NerfRenderer:
         self.set_mode(mode)
 
     def set_mode(self, mode: str | None) -> str:
-        """Choose full | guided | baked; None = DEFAULT_BAKED_MODE if the bundle is baked, else full.
+        """Choose full | guided | baked; None: DEFAULT_BAKED_MODE if baked, else full.
 
         guided and baked need the bundle's bake (`egosynth scenes bake`); a stale or corrupt
         bake is refused with one line, never used.
