@@ -138,21 +138,23 @@ def test_rays_the_proxy_cannot_answer_are_rendered_in_full(baked_copy: Path, mod
         np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6)
 
 
-def test_guided_agrees_with_full_inside_the_room(baked_copy: Path) -> None:
+def test_guided_agrees_with_full_inside_the_room() -> None:
+    """The committed 192³ bake: guided within the issue's 35 dB of full (34.6-36.2 measured on
+    larger views; 33 here for margin on 2 small views), median depth within 1 %."""
     from egosynth.nerf.bundle import read_bundle
     from egosynth.nerf.check import egocentric_views, psnr
     from egosynth.render.nerf import NerfRenderer
 
-    gt = read_bundle(baked_copy).ground_truth_scene()
+    gt = read_bundle(ROOM).ground_truth_scene()
     c2w, K = egocentric_views(gt, 1, 24, 18)
-    r = NerfRenderer.from_bundle(baked_copy, device="cpu", mode="full")
+    r = NerfRenderer.from_bundle(ROOM, device="cpu", mode="full")
     full = r.render_raw(c2w, K, 24, 18)
     r.set_mode("guided")
     guided = r.render_raw(c2w, K, 24, 18)
     assert r.fallback_rays < 0.05 * guided["rgb"][..., 0].size
-    assert psnr(guided["rgb"], full["rgb"]) > 25  # coarse test grid; 35 dB at 192³ (bench)
+    assert psnr(guided["rgb"], full["rgb"]) > 33
     rel = np.abs(guided["distance"] - full["distance"]) / full["distance"]
-    assert np.median(rel) < 0.05
+    assert np.median(rel) < 0.01
 
 
 def test_bake_of_an_imported_nerfstudio_run_renders(tmp_path_factory) -> None:

@@ -85,7 +85,8 @@ def proxy_surface(log_density: NDArray, bounds: NDArray) -> tuple[NDArray, NDArr
     from scipy import ndimage
 
     vol = ndimage.gaussian_filter(log_density.astype(np.float32), SMOOTH_VOXELS)
-    verts, faces, normals = _level_set(vol, bounds)
+    level = proxy_level(vol)
+    verts, faces, normals = _level_set(vol, bounds, level)
     min_faces = max(8, round(MIN_COMPONENT_FACES * (vol.shape[0] / BAKE_RESOLUTION) ** 2))
     keep = _large_components(verts, faces, min_faces) & _visible_faces(vol, bounds, verts, faces)
     if not keep.any():
@@ -99,17 +100,21 @@ def proxy_surface(log_density: NDArray, bounds: NDArray) -> tuple[NDArray, NDArr
     return verts[used], remap[faces[keep]].astype(np.int32), normals[used]
 
 
-def _level_set(vol: NDArray, bounds: NDArray) -> tuple[NDArray, NDArray, NDArray]:
+def proxy_level(vol: NDArray) -> float:
+    """ISO_LOG_DENSITY, or for a faint field (a short or sparse fit, e.g. someone else's run)
+    the 99th percentile of its ln(density), so that its densest 1 % still makes a surface."""
+    level = min(ISO_LOG_DENSITY, float(np.percentile(vol, 99)))
+    if not vol.min() < level < vol.max():
+        raise EgosynthError("the field's density is constant over the scene box: nothing to bake")
+    return level
+
+
+def _level_set(vol: NDArray, bounds: NDArray, level: float) -> tuple[NDArray, NDArray, NDArray]:
     from skimage.measure import marching_cubes
 
-    if not (vol.min() < ISO_LOG_DENSITY < vol.max()):
-        raise EgosynthError(
-            f"the field's density never crosses the proxy level ({math.exp(ISO_LOG_DENSITY):.0f} "
-            "per model unit) inside the scene box: nothing to bake"
-        )
     spacing = (bounds[1] - bounds[0]) / (np.array(vol.shape) - 1)
     verts, faces, normals, _ = marching_cubes(
-        vol, level=ISO_LOG_DENSITY, spacing=tuple(float(s) for s in spacing)
+        vol, level=level, spacing=tuple(float(s) for s in spacing)
     )
     verts = (verts + bounds[0]).astype(np.float32)
     # skimage's normals point down the gradient: out of the dense side, towards the viewer
@@ -137,7 +142,7 @@ def _probe_points(vol: NDArray, bounds: NDArray, n: int) -> NDArray[np.float64]:
     nerfstudio centres a capture's cameras on the origin, so the inner box is where they were.
     """
     spacing = (bounds[1] - bounds[0]) / (np.array(vol.shape) - 1)
-    pos = bounds[0] + np.argwhere(vol < ISO_LOG_DENSITY) * spacing
+    pos = bounds[0] + np.argwhere(vol < proxy_level(vol)) * spacing
     centre, quarter = (bounds[0] + bounds[1]) / 2, (bounds[1] - bounds[0]) / 4
     cand = pos[np.all(np.abs(pos - centre) < quarter, axis=1)]
     if len(cand) == 0:
