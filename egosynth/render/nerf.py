@@ -659,7 +659,8 @@ class NerfRenderer:
         """Replace the rays not `ok` by `via`'s rendering of them (default: nerfacto's own)."""
         bad = (~ok).nonzero()[:, 0]
         if len(bad):
-            self.fallback_rays += len(bad)
+            if via is None:  # counts rays rendered by full sampling only
+                self.fallback_rays += len(bad)
             ref = (via or self._render_rays)(rb[bad])
             for key in out:
                 out[key][bad] = ref[key].to(out[key].dtype).reshape(out[key][bad].shape)
