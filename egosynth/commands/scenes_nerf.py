@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from egosynth.checks import count
+
 
 def register_nerf(sub: argparse._SubParsersAction) -> None:
     """Add the NeRF-bundle subcommands to the `scenes` group."""
@@ -27,7 +29,8 @@ def register_nerf(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--out", type=Path, default=None,
                    help="bundle folder (default scene_bundles/<name>)")  # fmt: skip
     f.add_argument("--runs", type=Path, default=None, help="nerfstudio output dir for the run")
-    f.add_argument("--iterations", type=int, default=None, help="override the preset's total")
+    f.add_argument("--iterations", type=count(maximum=10_000_000), default=None,
+                   help="override the preset's total")  # fmt: skip
     f.add_argument("--device", default=None, help="torch device (default: cuda if present)")
     f.set_defaults(func=run_fit)
 
@@ -53,7 +56,8 @@ def register_nerf(sub: argparse._SubParsersAction) -> None:
         "whose weights changed is refused until rebuilt. Works on imported nerfstudio runs.",
     )
     b.add_argument("target", type=Path, help="bundle folder or scene config (backend nerf)")
-    b.add_argument("--resolution", type=int, default=None, help="density grid size per axis")
+    b.add_argument("--resolution", type=count(16, 512), default=None,
+                   help="density grid points per axis (16..512, default 192)")  # fmt: skip
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
     b.set_defaults(func=run_bake)
 
@@ -64,8 +68,10 @@ def register_nerf(sub: argparse._SubParsersAction) -> None:
         "stereo views, and a side-by-side PNG.",
     )
     c.add_argument("target", type=Path, help="bundle folder or scene config (backend nerf)")
-    c.add_argument("--frames", type=int, default=4, help="walker frames (x2 eyes)")
-    c.add_argument("--size", type=int, nargs=2, default=(128, 96), metavar=("W", "H"))
+    c.add_argument("--frames", type=count(maximum=10_000), default=4,
+                   help="walker frames (x2 eyes)")  # fmt: skip
+    c.add_argument("--size", type=count(maximum=8192), nargs=2, default=(128, 96),
+                   metavar=("W", "H"))  # fmt: skip
     c.add_argument("--picture", type=Path, default=None, help="side-by-side PNG path")
     c.add_argument("--modes", default=None,
                    help="comma-separated render modes to compare (default: full and, when the "
@@ -128,10 +134,18 @@ def run_bake(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from egosynth.checks import output_file
+    from egosynth.errors import EgosynthError
     from egosynth.nerf.check import check_modes
+    from egosynth.render.nerf import RENDER_MODES
 
-    picture = args.picture or Path("outputs") / f"check_{args.target.stem}.png"
+    picture = output_file(
+        args.picture or Path("outputs") / f"check_{args.target.stem}.png", "--picture"
+    )
     modes = args.modes.split(",") if args.modes else None
+    bad = [m for m in modes or [] if m not in RENDER_MODES]
+    if bad:
+        raise EgosynthError(f"--modes = {args.modes!r}: {bad[0]!r} is not one of {RENDER_MODES}")
     table = check_modes(
         args.target, args.frames, args.size[0], args.size[1], picture, args.device, modes
     )
