@@ -46,6 +46,11 @@ def scenes(draw: st.DrawFn) -> SceneConfig:
         }
         for i in range(draw(st.integers(0, 4)))
     ]
+    from shapely.geometry import Point, Polygon
+
+    room = Polygon(floor)
+    # objects stand in the room (configs refuse one outside its floor polygon)
+    objects = [o for o in objects if room.contains(Point(o["center"][:2]))]
     return SceneConfig.model_validate(
         {
             "name": "r",

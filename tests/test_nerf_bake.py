@@ -181,6 +181,8 @@ def test_bake_of_an_imported_nerfstudio_run_renders(tmp_path_factory) -> None:
 def test_scenes_bake_command_refuses_bad_resolution(capsys) -> None:
     from egosynth.cli import main
 
-    assert main(["scenes", "bake", str(ROOM), "--resolution", "3", "--no-progress"]) != 0
+    with pytest.raises(SystemExit) as ex:  # argparse refuses it, before any work
+        main(["scenes", "bake", str(ROOM), "--resolution", "3", "--no-progress"])
+    assert ex.value.code != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "resolution" in err
