@@ -255,8 +255,17 @@ def test_sigint_driver_then_rerun_equals_uninterrupted(cluster: str, tmp_path: P
         cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 120
+
+    def some_clip_done() -> bool:
+        if not ((out / "zarr.json").is_file() and (out / "clips").exists()):
+            return False  # the driver is still creating the store
+        try:
+            return bool(ClipStore(out).clip_ids())
+        except EgosynthError:  # root metadata mid-write
+            return False
+
     while time.monotonic() < deadline and proc.poll() is None:
-        if out.exists() and (out / "clips").exists() and ClipStore(out).clip_ids():
+        if some_clip_done():
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
