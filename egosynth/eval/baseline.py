@@ -91,6 +91,10 @@ def train_baseline(
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    # torch 2.14.1's oneDNN convolution backward segfaults here on this resnet (2-core CPU
+    # machines, 2026-12-02: every `eval baseline` run, also at the previous commit); the plain
+    # CPU kernels train the same model correctly.
+    torch.backends.mkldnn.enabled = False
     if cfg.harmonize > 0 and heatmaps is None:
         raise EgosynthError("baseline: harmonize > 0 needs human maps")
     torch.manual_seed(cfg.seed)
