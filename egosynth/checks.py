@@ -135,12 +135,18 @@ def _writable_parent(path: Path, flag: str) -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise EgosynthError(f"{flag} = {str(path)!r}: {parent} is a file, not a folder")
-    try:  # os.access says yes to root even on a read-only mount: try it
-        with tempfile.TemporaryFile(dir=parent):
+    _try_write(parent, path, flag, f"in {parent}")
+
+
+def _try_write(folder: Path, path: Path, flag: str, where: str) -> None:
+    """Create and drop a temporary file in `folder`: os.access says yes to root even on a
+    read-only mount, so try it."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
         raise EgosynthError(
-            f"{flag} = {str(path)!r}: cannot write in {parent} ({exc.strerror or exc})"
+            f"{flag} = {str(path)!r}: cannot write {where} ({exc.strerror or exc})"
         ) from None
 
 
@@ -179,13 +185,7 @@ def output_dir(
         raise EgosynthError(f"{flag} = {str(path)!r}: is an existing file, expected a folder")
     _not_an_input(path, inputs, flag)
     if path.is_dir():
-        try:
-            with tempfile.TemporaryFile(dir=path):
-                pass
-        except OSError as exc:
-            raise EgosynthError(
-                f"{flag} = {str(path)!r}: cannot write in it ({exc.strerror or exc})"
-            ) from None
+        _try_write(path, path, flag, "in it")
     else:
         _writable_parent(path, flag)
     return path

@@ -36,6 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from egosynth.nerf.bundle import WEIGHTS, BundleError
+from egosynth.readers import check_inside, read_bytes, read_json_object
 
 BAKE_NPZ = "bake.npz"
 BAKE_JSON = "bake.json"
@@ -73,11 +74,7 @@ class Baked:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return hashlib.sha256(read_bytes(path)).hexdigest()
 
 
 def _npz_bytes(arrays: dict[str, NDArray]) -> bytes:
@@ -118,38 +115,25 @@ def has_bake(root: Path) -> bool:
     return (Path(root) / BAKE_JSON).is_file() and (Path(root) / BAKE_NPZ).is_file()
 
 
-def _inside(root: Path, path: Path) -> Path:
-    """`path` as a regular file inside `root` (a symlink out of the bundle is refused)."""
-    real = path.resolve()
-    if not real.is_relative_to(root.resolve()):
-        raise BundleError(f"{path}: refused: it points outside the bundle ({real})")
-    if not real.is_file():
-        raise BundleError(f"{path}: not a regular file")
-    return real
-
-
 def read_bake(root: Path) -> Baked:
     """Read and verify a bundle's bake; StaleBake if the weights changed, BundleError if bad."""
     root = Path(root)
-    jpath = _inside(root, root / BAKE_JSON)
-    try:
-        meta = json.loads(jpath.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{jpath}: invalid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != BAKE_FORMAT:
+    jpath = check_inside(root, root / BAKE_JSON, "bake.json")
+    meta = read_json_object(jpath, "bake.json")
+    if meta.get("format") != BAKE_FORMAT:
         raise BundleError(f"{jpath}: field 'format': not an {BAKE_FORMAT} file")
     if meta.get("format_version") != BAKE_VERSION:
         raise BundleError(
             f"{jpath}: field 'format_version' = {meta.get('format_version')!r}: "
             f"this egosynth reads {BAKE_VERSION} (rebuild with `egosynth scenes bake {root}`)"
         )
-    if meta.get("weights_sha256") != sha256_file(_inside(root, root / WEIGHTS)):
+    if meta.get("weights_sha256") != sha256_file(check_inside(root, root / WEIGHTS, "weights")):
         raise StaleBake(
             f"{jpath}: stale: made from other weights than {root / WEIGHTS} "
             f"(rebuild with `egosynth scenes bake {root}`)"
         )
-    npath = _inside(root, root / BAKE_NPZ)
-    data = npath.read_bytes()
+    npath = check_inside(root, root / BAKE_NPZ, "bake.npz")
+    data = read_bytes(npath, "bake.npz")
     if hashlib.sha256(data).hexdigest() != meta.get("npz_sha256"):
         raise BundleError(
             f"{npath}: corrupt: its checksum does not match bake.json "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -165,6 +166,26 @@ def resolve_target(
     return scene, scene.bundle_path()
 
 
+def _nerf_and_truth(
+    target: str | Path, n_frames: int, width: int, height: int, device: str | None
+) -> tuple[Any, Path, NDArray, NDArray, Frames]:
+    """(full-mode NeRF renderer, bundle folder, held-out views c2w and K, mesh frames)."""
+    from egosynth.nerf.bundle import read_bundle
+    from egosynth.render.mesh import MeshRenderer
+    from egosynth.render.nerf import NerfRenderer
+
+    scene, root = resolve_target(target)
+    gt_scene = read_bundle(root).ground_truth_scene()
+    if gt_scene is None:
+        raise EgosynthError(f"{root}: bundle records no procedural scene to compare against")
+    c2w, K = egocentric_views(gt_scene, n_frames, width, height)
+    if scene.source is not None:
+        nerf = NerfRenderer.from_scene(scene, device=device, mode="full")
+    else:
+        nerf = NerfRenderer.from_bundle(root, device=device, mode="full")
+    return nerf, root, c2w, K, MeshRenderer.from_scene(gt_scene).render(c2w, K, width, height)
+
+
 @dataclass
 class ModeResult:
     mode: str
@@ -187,18 +208,10 @@ def check_modes(
     import time
 
     from egosynth.nerf.baked import has_bake
-    from egosynth.nerf.bundle import read_bundle
-    from egosynth.render.mesh import MeshRenderer
-    from egosynth.render.nerf import RENDER_MODES, NerfRenderer
+    from egosynth.render.nerf import RENDER_MODES
 
-    scene, root = resolve_target(target)
-    gt_scene = read_bundle(root).ground_truth_scene()
-    if gt_scene is None:
-        raise EgosynthError(f"{root}: bundle records no procedural scene to compare against")
+    nerf, root, c2w, K, want = _nerf_and_truth(target, n_frames, width, height, device)
     modes = modes or (list(RENDER_MODES) if has_bake(root) else ["full"])
-    c2w, K = egocentric_views(gt_scene, n_frames, width, height)
-    nerf = NerfRenderer.from_scene(scene, device=device, mode="full")
-    want = MeshRenderer.from_scene(gt_scene).render(c2w, K, width, height)
     rows: list[ModeResult] = []
     frames: dict[str, Frames] = {}
     for mode in ["full", *[m for m in modes if m != "full"]]:
@@ -260,21 +273,8 @@ def check(
     device: str | None = None,
 ) -> CheckResult:
     """Render held-out egocentric views with the bundle and its mesh ground truth; compare."""
-    from egosynth.nerf.bundle import read_bundle
-    from egosynth.render.mesh import MeshRenderer
-    from egosynth.render.nerf import NerfRenderer
-
-    scene, root = resolve_target(target)
-    gt_scene = read_bundle(root).ground_truth_scene()
-    if gt_scene is None:
-        raise EgosynthError(f"{root}: bundle records no procedural scene to compare against")
-    c2w, K = egocentric_views(gt_scene, n_frames, width, height)
-    if scene.source is not None:
-        nerf = NerfRenderer.from_scene(scene, device=device, mode="full")
-    else:
-        nerf = NerfRenderer.from_bundle(root, device=device, mode="full")
+    nerf, _, c2w, K, want = _nerf_and_truth(target, n_frames, width, height, device)
     got = nerf.render(c2w, K, width, height)
-    want = MeshRenderer.from_scene(gt_scene).render(c2w, K, width, height)
     if picture is not None:
         side_by_side(got, want, picture)
     return compare(got, want)

@@ -593,14 +593,13 @@ class NerfRenderer:
         out = {"rgb": rgb, "depth": depth, "accumulation": acc[:, None]}
         return self._with_fallback(rb, ok, out)
 
-    def _field_rgb(self, o: Any, d: Any, t: Any) -> Any:
-        """The field's colour (n, k, 3) at distances t (n, k) along rays o + t d."""
+    def _samples(self, o: Any, d: Any, t: Any) -> Any:
+        """nerfstudio RaySamples at distances t (n, k) along rays o + t d (points, no bins)."""
         import torch
         from nerfstudio.cameras.rays import Frustums, RaySamples
-        from nerfstudio.field_components.field_heads import FieldHeadNames
 
         n, k = t.shape
-        samples = RaySamples(
+        return RaySamples(
             frustums=Frustums(
                 origins=o[:, None].expand(n, k, 3),
                 directions=d[:, None].expand(n, k, 3),
@@ -610,29 +609,15 @@ class NerfRenderer:
             ),
             camera_indices=torch.zeros((n, k, 1), dtype=torch.long, device=o.device),
         )
+
+    def _field_rgb(self, o: Any, d: Any, t: Any) -> Any:
+        """The field's colour (n, k, 3) at distances t (n, k) along rays o + t d."""
+        from nerfstudio.field_components.field_heads import FieldHeadNames
+
+        samples = self._samples(o, d, t)
         _, embedding = self.model.field.get_density(samples)
         out = self.model.field.get_outputs(samples, density_embedding=embedding)
         return out[FieldHeadNames.RGB].float()
-
-    def render_model_rays(self, origins: NDArray, dirs: NDArray) -> NDArray[np.float32]:
-        """rgb (N, 3) of rays given in the model frame (unit dirs), in the current mode."""
-        import torch
-        from nerfstudio.cameras.rays import RayBundle
-
-        render_chunk = {"full": self._render_rays, "guided": self._render_guided}[self.mode]
-        out = np.empty((len(origins), 3), np.float32)
-        with torch.inference_mode(), fast_hash_grids(self.model):
-            for s in range(0, len(origins), self.chunk_rays):
-                o = torch.as_tensor(origins[s : s + self.chunk_rays], dtype=torch.float32)
-                d = torch.as_tensor(dirs[s : s + self.chunk_rays], dtype=torch.float32)
-                rb = RayBundle(
-                    origins=o.to(self.device),
-                    directions=d.to(self.device),
-                    pixel_area=torch.full((len(o), 1), 1e-6, device=self.device),
-                    camera_indices=torch.zeros((len(o), 1), dtype=torch.long, device=self.device),
-                )
-                out[s : s + len(o)] = render_chunk(rb)["rgb"].float().cpu().numpy()
-        return out
 
     def _render_baked(self, rb: Any) -> dict[str, Any]:
         """A ray cast against the baked proxy surface plus a colour lookup; no network.
@@ -669,23 +654,6 @@ class NerfRenderer:
         return out
 
     # ----------------------------------------------------------------- field probes (baking)
-    def _point_samples(self, points: Any, dirs: Any) -> Any:
-        import torch
-        from nerfstudio.cameras.rays import Frustums, RaySamples
-
-        n = len(points)
-        zero = torch.zeros((n, 1, 1), device=points.device)
-        return RaySamples(
-            frustums=Frustums(
-                origins=points[:, None],
-                directions=dirs[:, None],
-                starts=zero,
-                ends=zero,
-                pixel_area=torch.ones_like(zero),
-            ),
-            camera_indices=torch.zeros((n, 1, 1), dtype=torch.long, device=points.device),
-        )
-
     def field_log_density(self, points: NDArray[np.floating], chunk: int = 1 << 16) -> NDArray:
         """ln(density) of the field at model-frame points (N, 3) -> (N,) float32."""
         import torch
@@ -695,7 +663,8 @@ class NerfRenderer:
         with torch.inference_mode(), fast_hash_grids(self.model):
             for s in range(0, len(points), chunk):
                 p = torch.as_tensor(points[s : s + chunk], dtype=torch.float32).to(self.device)
-                den, _ = self.model.field.get_density(self._point_samples(p, up.expand_as(p)))
+                t = torch.zeros((len(p), 1), device=self.device)
+                den, _ = self.model.field.get_density(self._samples(p, up.expand_as(p), t))
                 out[s : s + len(p)] = torch.log(den.reshape(-1).clamp_min(1e-8)).cpu().numpy()
         return out
 
@@ -704,18 +673,14 @@ class NerfRenderer:
     ) -> NDArray[np.float32]:
         """The field's colour (N, 3) in [0, 1] at model-frame points seen along unit dirs."""
         import torch
-        from nerfstudio.field_components.field_heads import FieldHeadNames
 
         out = np.empty((len(points), 3), np.float32)
-        f = self.model.field
         with torch.inference_mode(), fast_hash_grids(self.model):
             for s in range(0, len(points), chunk):
                 p = torch.as_tensor(points[s : s + chunk], dtype=torch.float32).to(self.device)
                 v = torch.as_tensor(dirs[s : s + chunk], dtype=torch.float32).to(self.device)
-                rs = self._point_samples(p, v)
-                _, emb = f.get_density(rs)
-                rgb = f.get_outputs(rs, density_embedding=emb)[FieldHeadNames.RGB]
-                out[s : s + len(p)] = rgb.reshape(-1, 3).float().cpu().numpy()
+                t = torch.zeros((len(p), 1), device=self.device)
+                out[s : s + len(p)] = self._field_rgb(p, v, t)[:, 0].cpu().numpy()
         return out
 
     def render_reference(
