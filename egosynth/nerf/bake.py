@@ -130,7 +130,8 @@ def _large_components(verts: NDArray, faces: NDArray, min_faces: int) -> NDArray
     mesh = trimesh.Trimesh(verts, faces, process=False, validate=False)
     labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(faces))
     sizes = np.bincount(labels)
-    return sizes[labels] >= min_faces
+    # a faint field (a short fit) may have no component that large: keep its largest then
+    return sizes[labels] >= min(min_faces, int(sizes.max()))
 
 
 def _probe_points(vol: NDArray, bounds: NDArray, n: int) -> NDArray[np.float64]:
