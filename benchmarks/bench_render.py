@@ -97,7 +97,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_render_"))
     print(f"load average at start: {_load()}")
     t0 = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    from egosynth.orchestration import init_local_ray
+
+    init_local_ray(2, include_dashboard=False, logging_level="ERROR")
     print(f"ray.init: {time.perf_counter() - t0:.1f} s")
     runs: dict[int, list[tuple[Any, _ActorCpu]]] = {1: [], 2: []}
     try:

@@ -277,10 +277,12 @@ def main() -> None:
             f"({len(sset.scene_configs)} mesh scenes), reference rendered single-process",
             flush=True,
         )
+        from egosynth.orchestration import init_local_ray
+
         if args.address:
             ray.init(address=args.address, logging_level="ERROR")
         else:
-            ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+            init_local_ray(2, include_dashboard=False, logging_level="ERROR")
         address = ray.get_runtime_context().gcs_address
         kills = _kill_trials(sset, work, ref, args, rng) if args.kills else (0, 0, 0)
         ints = (

@@ -128,6 +128,25 @@ class _Worker:
 
 
 # --------------------------------------------------------------------------- cluster
+# Ray gives a new node's raylet a fixed 30 s to register with its GCS (not configurable in Ray
+# 2.60); a loaded 2-core machine sometimes misses that (seen once in CI). A local start is
+# retried this many times in all.
+LOCAL_START_ATTEMPTS = 3
+
+
+def init_local_ray(num_cpus: int, **kwargs: Any) -> Any:
+    """`ray.init` of a new local cluster, retried when its node times out during startup."""
+    for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+        try:
+            return ray.init(num_cpus=num_cpus, **kwargs)
+        except Exception as exc:  # Ray raises a bare Exception for this
+            if "timed out during startup" not in str(exc) or attempt == LOCAL_START_ATTEMPTS:
+                raise
+            ray.shutdown()  # whatever of the failed node came up
+            time.sleep(2.0 * attempt)
+    raise AssertionError("unreachable")
+
+
 class _Cluster:
     """Join `address` (or RAY_ADDRESS), reuse an initialised Ray, or start a local cluster."""
 
@@ -141,7 +160,7 @@ class _Cluster:
             if address:
                 ray.init(address=address, **kw)
             else:
-                ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kw)
+                init_local_ray(num_cpus or os.cpu_count() or 1, **kw)
         except Exception as exc:  # Ray raises a bare Exception when its node times out
             where = address or "a local cluster"
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

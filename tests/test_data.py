@@ -483,7 +483,9 @@ def test_ray_dataset_rows_are_the_epoch_order(store: Path, store2: Path) -> None
     spec = WindowSpec(length=3, stride=2, skip=2)
     loader = WindowLoader([store, store2], length=3, stride=2, skip=2, seed=3)
     loader.set_epoch(1)
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    from egosynth.orchestration import init_local_ray
+
+    init_local_ray(1, include_dashboard=False, log_to_driver=False)
     try:
         ray.data.DataContext.get_current().execution_options.preserve_order = True
         ds = read_windows(

@@ -250,10 +250,12 @@ def test_train_resume_on_another_store_with_the_same_clips_is_refused(
 def cluster() -> str:
     """A local Ray cluster of 2 CPUs for the module (or the running one RAY_ADDRESS names)."""
     ray = pytest.importorskip("ray")
+    from egosynth.orchestration import init_local_ray
+
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], logging_level="ERROR")
     else:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        init_local_ray(2, include_dashboard=False, logging_level="ERROR")
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

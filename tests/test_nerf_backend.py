@@ -222,12 +222,11 @@ def committed_check(request):
 def test_committed_bundle_depth_and_masks_match_the_mesh(committed_check) -> None:
     from egosynth.nerf.check import depth_errors, instance_ious
 
-    nerf, _, _, got, want = committed_check
+    _, _, _, got, want = committed_check
     _, rel = depth_errors(got.depth, want.depth)
     ious = instance_ious(got.instance, want.instance)
     assert rel <= 0.05
-    # baked misses the issue's 0.8 here (0.75 measured; docs/nerf_modes.md): held to 0.7
-    assert ious and np.mean(ious) >= (0.7 if nerf.mode == "baked" else 0.8)
+    assert ious and np.mean(ious) >= 0.8  # issue 14's instance IoU target, every mode
 
 
 @pytest.mark.nerf

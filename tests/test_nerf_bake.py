@@ -1,4 +1,4 @@
-"""Baking a NeRF bundle (density grid, proxy surface, colour) and the guided / baked modes:
+"""Baking a NeRF bundle (density grid, sparse colour grid) and the guided / baked modes:
 determinism, refusal of stale and corrupt bakes, fallback to full sampling, imported runs."""
 
 from __future__ import annotations
@@ -45,15 +45,39 @@ def test_bake_is_deterministic(baked_copy: Path, tmp_path: Path) -> None:
     assert a["npz_sha256"] == b["npz_sha256"] and a["weights_sha256"] == b["weights_sha256"]
 
 
-def test_bake_holds_a_surface_and_colours_from_the_field(baked_copy: Path) -> None:
+def test_bake_holds_a_density_grid_and_colours_from_the_field(baked_copy: Path) -> None:
     from egosynth.nerf.baked import read_bake
 
     b = read_bake(baked_copy)
     assert b.log_density.shape == (RES, RES, RES)
-    assert len(b.faces) > 100 and len(b.colour) == len(b.vertices)
-    inside = np.all((b.vertices >= b.bounds[0]) & (b.vertices <= b.bounds[1]), axis=1)
-    assert inside.all()
+    mask = b.mask()
+    assert 0 < mask.sum() == len(b.colour) < mask.size  # some points seen, not all
     assert b.colour.std() > 5  # a textured room, not one flat colour
+
+
+def test_baked_grid_reads_its_own_grid_points_back(baked_copy: Path) -> None:
+    """At the grid points themselves the trilinear look-ups return the stored values: the
+    (x, y, z) axis order, the bounds and the colour-mask order agree between bake and render."""
+    import torch
+
+    from egosynth.nerf.baked import read_bake
+    from egosynth.render.nerf import BakedGrid
+
+    b = read_bake(baked_copy)
+    g = BakedGrid(b, "cpu")
+    mask = b.mask()
+    rng = np.random.default_rng(0)
+    idx = np.argwhere(mask)
+    pick = rng.choice(len(idx), 200, replace=False)
+    spacing = (b.bounds[1] - b.bounds[0]) / (RES - 1)
+    pts = torch.tensor(b.bounds[0] + idx[pick] * spacing, dtype=torch.float32)
+    rgb, known = g.colour(pts)
+    np.testing.assert_allclose(rgb.numpy(), b.colour[pick] / 255.0, atol=2e-3)
+    assert torch.all(known > 0.99)
+    every = np.argwhere(np.ones(mask.shape, bool))[rng.choice(mask.size, 200, replace=False)]
+    pts = torch.tensor(b.bounds[0] + every * spacing, dtype=torch.float32)
+    want = np.exp(b.log_density[tuple(every.T)].astype(np.float32))
+    np.testing.assert_allclose(g.density(pts).numpy(), want, rtol=2e-3)
 
 
 def test_stale_bake_is_refused(baked_copy: Path, tmp_path: Path) -> None:
@@ -121,7 +145,7 @@ def test_guided_and_baked_need_a_bake(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("mode", ["guided", "baked"])
-def test_rays_the_proxy_cannot_answer_are_rendered_in_full(baked_copy: Path, mode: str) -> None:
+def test_rays_the_bake_cannot_answer_are_rendered_in_full(baked_copy: Path, mode: str) -> None:
     """A camera far outside the grid box, looking away: every ray falls back, and the frame
     equals full rendering."""
     from egosynth.camera import intrinsics_from_fov, look_at
@@ -134,6 +158,23 @@ def test_rays_the_proxy_cannot_answer_are_rendered_in_full(baked_copy: Path, mod
     r.set_mode(mode)
     got = r.render_raw(c2w, K, 16, 12)
     assert r.fallback_rays == 16 * 12
+    for key in ("rgb", "distance", "accumulation"):
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6)
+
+
+def test_baked_rays_without_baked_colour_are_rendered_guided(baked_copy: Path) -> None:
+    """Where the colour grid holds no colour (here: nowhere), baked rays are rendered guided."""
+    from egosynth.camera import intrinsics_from_fov, look_at
+    from egosynth.render.nerf import NerfRenderer
+
+    r = NerfRenderer.from_bundle(baked_copy, device="cpu", mode="guided")
+    c2w = look_at((2.9, 3.0, 1.5), (5.0, 3.0, 1.0))[None]  # inside room_0, at eye height
+    K = intrinsics_from_fov(16, 12, 80.0)
+    want = r.render_raw(c2w, K, 16, 12)
+    assert r.fallback_rays < 16 * 12 // 2  # mostly guided, not full
+    r.set_mode("baked")
+    r._grid.rgbk.zero_()
+    got = r.render_raw(c2w, K, 16, 12)
     for key in ("rgb", "distance", "accumulation"):
         np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6)
 
@@ -169,7 +210,7 @@ def test_bake_of_an_imported_nerfstudio_run_renders(tmp_path_factory) -> None:
     root = import_run(run, tmp_path_factory.mktemp("imported") / "bundle")
     bake(root, 32, progress=False)
     r = NerfRenderer.from_bundle(root, device="cpu", mode=None)
-    assert r.mode == "guided"  # the default once baked (DEFAULT_BAKED_MODE)
+    assert r.mode == "baked"  # the default once baked (DEFAULT_BAKED_MODE)
     c2w = ring_poses(2, radius=3.0, height=0.5)
     K = intrinsics_from_fov(16, 12, 60.0)
     for mode in ("baked", "guided"):

@@ -35,7 +35,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def cluster() -> str:
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="ERROR")
+    from egosynth.orchestration import init_local_ray
+
+    init_local_ray(2, num_gpus=1, include_dashboard=False, logging_level="ERROR")
     # Test-only renderer factories travel to the workers by value (tests/ is not a package).
     ray.cloudpickle.register_pickle_by_value(_fake_renderer)
     yield ray.get_runtime_context().gcs_address

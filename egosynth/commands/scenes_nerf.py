@@ -127,7 +127,8 @@ def run_bake(args: argparse.Namespace) -> int:
     baked = bake(root, args.resolution or BAKE_RESOLUTION, progress=not args.no_progress)
     size = sum((root / n).stat().st_size for n in ("bake.npz", "bake.json")) / 1e6
     print(
-        f"baked {root}: grid {baked.info['resolution']}^3, proxy {baked.n_faces} faces, "
+        f"baked {root}: grid {baked.info['resolution']}^3, "
+        f"{baked.info['coloured_points']} coloured points, "
         f"{size:.1f} MB, {baked.info['seconds']:.0f} s"
     )
     return 0

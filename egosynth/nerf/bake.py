@@ -1,14 +1,17 @@
-"""`egosynth scenes bake`: derive a bundle's density grid, proxy surface and baked colour.
+"""`egosynth scenes bake`: derive a bundle's density grid and sparse colour grid.
 
 Everything comes from the bundle's own field (egosynth.render.nerf's probes), never from the
 mesh ground truth, so it works the same on runs imported from other people's nerfstudio
-outputs. Steps, each deterministic (fixed grid, fixed directions, fixed chunking):
+outputs. Steps, each deterministic (fixed grid, fixed probe rays, one torch thread):
 
 1. ln(density) of the field on a `resolution`³ grid over the scene box grown by GRID_MARGIN;
-2. marching cubes of that grid at ISO_LOG_DENSITY: the proxy surface;
-3. per proxy vertex, the field's colour seen from 1 + COLOUR_AZIMUTHS directions around the
-   vertex normal, averaged (the ground truth is Lambertian: view-dependent terms would cost
-   storage and cannot bring baked frames closer to it).
+2. rays from PROBE_VIEWS free-space points near the box centre (where nerfstudio puts a
+   capture's cameras) marched through that grid exactly as guided rendering marches: every
+   grid point that gets compositing weight > COLOUR_MIN_WEIGHT on some probe ray is "seen",
+   and the weighted mean direction it was seen along is kept;
+3. the field's colour at every seen grid point (and its neighbours, so trilinear look-ups have
+   all corners), along that mean direction: one colour per point (see `bake_colour` for why
+   not spherical harmonics).
 
 The result is written next to bundle.json by egosynth.nerf.baked (a safe npz + JSON).
 """
@@ -30,20 +33,17 @@ BAKE_RESOLUTION = 192
 # The scene box grown by this factor about its centre: a capture's walls sit at or just past
 # nerfstudio's box (room_0's far wall is at y = 1.11 in a [-1, 1] box).
 GRID_MARGIN = 1.25
-# Proxy surface level: density 10 per model unit. On the committed bundles the first crossing
-# of this level lies a median 2 % of the ray length before full rendering's median depth, and
-# 99.6 % of egocentric rays cross it (higher levels are missed by soft surfaces).
-ISO_LOG_DENSITY = math.log(10.0)
-# Proxy clean-up (see proxy_surface): Gaussian smoothing of ln(density) in voxels; probe
-# viewpoints, rays per viewpoint and the dilation (voxels) around their hits that keeps faces.
-SMOOTH_VOXELS = 1.5
-MIN_COMPONENT_FACES = 20_000  # at 192³; scaled with the grid's face count (∝ resolution²)
+# Free space for probe viewpoints: grid points below this density per model unit.
+FREE_LOG_DENSITY = math.log(10.0)
+# Probe viewpoints and rays per viewpoint (Fibonacci sphere) that decide which grid points get
+# a colour, and the weight a ray must give a grid point's cell for it to count as seen.
 PROBE_VIEWS = 64
 PROBE_RAYS = 20_000
-PROBE_DILATE = 2
-# View directions per vertex for the averaged colour: the normal and 4 at 45° around it.
-COLOUR_TILT_DEG = 45.0
-COLOUR_AZIMUTHS = 4
+COLOUR_MIN_WEIGHT = 1e-2  # 1e-3: 55 % of room_0's grid coloured (21 MB), same PSNR
+# Tilt of the two extra view directions the bake reads on a sample of seen points to measure
+# how view-dependent the field's colour is (reported in bake.json).
+VIEW_TEST_DEG = 30.0
+VIEW_TEST_POINTS = 20_000
 
 
 def grid_bounds(bundle: Bundle, margin: float = GRID_MARGIN) -> NDArray[np.float32]:
@@ -69,69 +69,13 @@ def density_grid(renderer, bounds: NDArray, resolution: int, progress: bool) -> 
     return out
 
 
-def proxy_surface(log_density: NDArray, bounds: NDArray) -> tuple[NDArray, NDArray, NDArray]:
-    """The proxy: the visible part of the smoothed grid's ISO_LOG_DENSITY surface.
-
-    A CPU-fitted nerfacto is foggy (its free space holds density, its surfaces are soft), so
-    the raw level set is full of small bubbles and of surfaces behind the walls. Smoothing by
-    SMOOTH_VOXELS removes the bubbles; keeping only faces near what PROBE_VIEWS viewpoints in
-    the free space around the box centre see removes the hidden rest (measured on room_0 at
-    192³: 3.2 M faces raw, 0.53 M kept). A face dropped wrongly leaves a hole, and a ray through
-    a hole misses the proxy and is rendered by full sampling: slower, never wrong.
-    """
-    from scipy import ndimage
-
-    vol = ndimage.gaussian_filter(log_density.astype(np.float32), SMOOTH_VOXELS)
-    level = proxy_level(vol)
-    verts, faces, normals = _level_set(vol, bounds, level)
-    min_faces = max(8, round(MIN_COMPONENT_FACES * (vol.shape[0] / BAKE_RESOLUTION) ** 2))
-    keep = _large_components(verts, faces, min_faces) & _visible_faces(vol, bounds, verts, faces)
-    if not keep.any():
-        raise EgosynthError(
-            "the proxy surface is empty: no large surface is visible from the "
-            "free space near the scene box centre"
-        )
-    used = np.unique(faces[keep])
-    remap = np.full(len(verts), -1, np.int64)
-    remap[used] = np.arange(len(used))
-    return verts[used], remap[faces[keep]].astype(np.int32), normals[used]
-
-
-def proxy_level(vol: NDArray) -> float:
-    """ISO_LOG_DENSITY, or for a faint field (a short or sparse fit, e.g. someone else's run)
-    the 99th percentile of its ln(density), so that its densest 1 % still makes a surface."""
-    level = min(ISO_LOG_DENSITY, float(np.percentile(vol, 99)))
+def free_level(vol: NDArray) -> float:
+    """FREE_LOG_DENSITY, or for a faint field (a short or sparse fit, e.g. someone else's run)
+    the 99th percentile of its ln(density), so that its densest 1 % still counts as matter."""
+    level = min(FREE_LOG_DENSITY, float(np.percentile(vol, 99)))
     if not vol.min() < level < vol.max():
         raise EgosynthError("the field's density is constant over the scene box: nothing to bake")
     return level
-
-
-def _level_set(vol: NDArray, bounds: NDArray, level: float) -> tuple[NDArray, NDArray, NDArray]:
-    from skimage.measure import marching_cubes
-
-    spacing = (bounds[1] - bounds[0]) / (np.array(vol.shape) - 1)
-    verts, faces, normals, _ = marching_cubes(
-        vol, level=level, spacing=tuple(float(s) for s in spacing)
-    )
-    verts = (verts + bounds[0]).astype(np.float32)
-    # skimage's normals point down the gradient: out of the dense side, towards the viewer
-    n = normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
-    return verts, faces.astype(np.int32), n
-
-
-def _large_components(verts: NDArray, faces: NDArray, min_faces: int) -> NDArray[np.bool_]:
-    """Faces of connected components with at least `min_faces` faces.
-
-    Fog blobs above the proxy level float in free space; as opaque proxy pieces they would
-    speckle baked frames with dark spots, where full rendering sees through them.
-    """
-    import trimesh
-
-    mesh = trimesh.Trimesh(verts, faces, process=False, validate=False)
-    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(faces))
-    sizes = np.bincount(labels)
-    # a faint field (a short fit) may have no component that large: keep its largest then
-    return sizes[labels] >= min(min_faces, int(sizes.max()))
 
 
 def _probe_points(vol: NDArray, bounds: NDArray, n: int) -> NDArray[np.float64]:
@@ -140,11 +84,11 @@ def _probe_points(vol: NDArray, bounds: NDArray, n: int) -> NDArray[np.float64]:
     nerfstudio centres a capture's cameras on the origin, so the inner box is where they were.
     """
     spacing = (bounds[1] - bounds[0]) / (np.array(vol.shape) - 1)
-    pos = bounds[0] + np.argwhere(vol < proxy_level(vol)) * spacing
+    pos = bounds[0] + np.argwhere(vol < free_level(vol)) * spacing
     centre, quarter = (bounds[0] + bounds[1]) / 2, (bounds[1] - bounds[0]) / 4
     cand = pos[np.all(np.abs(pos - centre) < quarter, axis=1)]
     if len(cand) == 0:
-        raise EgosynthError("no free space near the scene box centre to view the proxy from")
+        raise EgosynthError("no free space near the scene box centre to view the scene from")
     rng = np.random.default_rng(0)
     return cand[rng.choice(len(cand), min(n, len(cand)), replace=False)]
 
@@ -155,60 +99,104 @@ def _sphere_directions(n: int) -> NDArray[np.float64]:
     return np.stack([np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi), np.cos(phi)], 1)
 
 
-def _visible_faces(vol: NDArray, bounds: NDArray, verts: NDArray, faces: NDArray) -> NDArray:
-    """Faces whose centre lies within PROBE_DILATE voxels of a probe ray's first hit."""
-    import trimesh
+def seen_points(
+    log_density: NDArray, bounds: NDArray, near: float, progress: bool
+) -> tuple[NDArray[np.bool_], NDArray[np.float32]]:
+    """Grid points that probe rays give weight to, and the mean direction they were seen along.
+
+    Returns the (R, R, R) mask (grown by one point in every direction: a trilinear look-up
+    reads the 8 corners of its cell) and (R, R, R, 3) unit directions (zero where unseen).
+    """
+    import torch
+    from tqdm import tqdm
+
+    from egosynth.nerf.baked import Baked
+    from egosynth.render.nerf import BakedGrid
+
+    resolution = log_density.shape[0]
+    no_colour = np.zeros((log_density.size + 7) // 8, np.uint8)
+    grid = BakedGrid(Baked(log_density, bounds, no_colour, np.zeros((0, 3), np.uint8)), "cpu")
+    spacing = torch.tensor((bounds[1] - bounds[0]) / (resolution - 1), dtype=torch.float32)
+    lo = torch.tensor(bounds[0], dtype=torch.float32)
+    wmax = torch.zeros(resolution**3, dtype=torch.float32)
+    wdir = torch.zeros((resolution**3, 3), dtype=torch.float64)
+    dirs = torch.tensor(_sphere_directions(PROBE_RAYS), dtype=torch.float32)
+    probes = _probe_points(log_density.astype(np.float32), bounds, PROBE_VIEWS)
+    for p in tqdm(probes, desc="colour: probe views", unit="view", disable=not progress):
+        o = torch.tensor(p, dtype=torch.float32).expand_as(dirs).contiguous()
+        with torch.inference_mode():
+            m = grid.march(o, dirs, near)
+            pts = o[:, None] + dirs[:, None] * m.mid[..., None]
+            ijk = ((pts - lo) / spacing).round().long().clamp_(0, resolution - 1)
+            flat = ((ijk[..., 0] * resolution + ijk[..., 1]) * resolution + ijk[..., 2]).reshape(-1)
+            w = m.w.reshape(-1)
+            wmax.scatter_reduce_(0, flat, w, reduce="amax")
+            wd = (m.w[..., None] * dirs[:, None]).reshape(-1, 3).double()
+            wdir.index_add_(0, flat, wd)
+    seen = (wmax > COLOUR_MIN_WEIGHT).numpy().reshape((resolution,) * 3)
+    return _grow(seen), _mean_dirs(wdir.numpy().reshape(*seen.shape, 3), seen, bounds)
+
+
+def _grow(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
     from scipy import ndimage
-    from trimesh.ray.ray_pyembree import RayMeshIntersector
 
-    mesh = trimesh.Trimesh(verts, faces, process=False, validate=False)
-    embree = RayMeshIntersector(mesh, scale_to_box=False)
-    spacing = (bounds[1] - bounds[0]) / (np.array(vol.shape) - 1)
-    dirs = _sphere_directions(PROBE_RAYS)
-    seen = np.zeros(vol.shape, bool)
-
-    def cell(p: NDArray) -> tuple[NDArray, ...]:
-        i = np.clip(np.round((p - bounds[0]) / spacing).astype(np.int64), 0, vol.shape[0] - 1)
-        return i[:, 0], i[:, 1], i[:, 2]
-
-    for p in _probe_points(vol, bounds, PROBE_VIEWS):
-        origins = np.broadcast_to(p, dirs.shape).copy()
-        loc, _, _ = embree.intersects_location(origins, dirs, multiple_hits=False)
-        seen[cell(loc)] = True
-    seen = ndimage.binary_dilation(seen, iterations=PROBE_DILATE)
-    return seen[cell(verts[faces].mean(1))]
+    return ndimage.binary_dilation(mask, structure=np.ones((3, 3, 3), bool))
 
 
-def view_directions(normals: NDArray) -> list[NDArray[np.float64]]:
-    """Unit ray directions looking INTO the surface: along -normal and tilted around it."""
-    n = np.asarray(normals, np.float64)
-    helper = np.where(np.abs(n[:, 2:3]) < 0.9, [[0.0, 0.0, 1.0]], [[1.0, 0.0, 0.0]])
-    t1 = np.cross(n, helper)
-    t1 /= np.linalg.norm(t1, axis=1, keepdims=True)
-    t2 = np.cross(n, t1)
-    tilt = math.radians(COLOUR_TILT_DEG)
-    dirs = [-n]
-    for k in range(COLOUR_AZIMUTHS):
-        a = 2 * math.pi * k / COLOUR_AZIMUTHS
-        side = math.cos(a) * t1 + math.sin(a) * t2
-        dirs.append(-(math.cos(tilt) * n + math.sin(tilt) * side))
-    return dirs
+def _mean_dirs(wdir: NDArray, seen: NDArray, bounds: NDArray) -> NDArray[np.float32]:
+    """Unit view directions per grid point: seen ones their own, grown ones their neighbours',
+    any left the direction from the box centre (where the capture's cameras were)."""
+    from scipy import ndimage
+
+    wdir = np.where(seen[..., None], wdir, 0.0)
+    spread = np.stack([ndimage.uniform_filter(wdir[..., i], 3) for i in range(3)], -1)
+    wdir = np.where(seen[..., None], wdir, spread)
+    norm = np.linalg.norm(wdir, axis=-1, keepdims=True)
+    res = seen.shape[0]
+    axes = np.stack(np.meshgrid(*_grid_axes(bounds, res), indexing="ij"), -1)
+    outward = axes - (bounds[0] + bounds[1]) / 2
+    outward /= np.maximum(np.linalg.norm(outward, axis=-1, keepdims=True), 1e-9)
+    return np.where(norm > 1e-12, wdir / np.maximum(norm, 1e-30), outward).astype(np.float32)
 
 
-def bake_colour(renderer, verts: NDArray, normals: NDArray, progress: bool) -> NDArray[np.uint8]:
-    """The field's colour at each vertex, averaged over `view_directions`, as uint8.
+def bake_colour(
+    renderer, mask: NDArray, dirs: NDArray, bounds: NDArray, progress: bool
+) -> tuple[NDArray[np.uint8], float]:
+    """The field's colour at each masked grid point along its view direction, as uint8, and
+    how much the colour changes when the same points are seen VIEW_TEST_DEG off that direction
+    (mean absolute difference, in 0-255 units).
 
-    Read at the vertex: 0.02 model units deeper was measured 1.3 dB worse against the ground
-    truth on room_0, and guided rays ending at the vertex 0.8 dB worse against full and 8x
-    slower to bake.
+    One colour per point, not spherical harmonics: the committed scenes' ground truth is
+    Lambertian, so view-dependent terms could only reproduce the field's own view-dependent
+    error; the measured change (bake.json `view_dependence_255`) says how much a user's own
+    scene would lose.
     """
     from tqdm import tqdm
 
-    dirs = view_directions(normals)
-    acc = np.zeros((len(verts), 3), np.float64)
-    for d in tqdm(dirs, desc="baked colour", unit="view", disable=not progress):
-        acc += renderer.field_radiance(verts, d)
-    return np.clip(np.round(acc / len(dirs) * 255.0), 0, 255).astype(np.uint8)
+    idx = np.argwhere(mask)
+    pts = bounds[0] + idx * ((bounds[1] - bounds[0]) / (mask.shape[0] - 1))
+    d = dirs[mask]
+    out = np.empty((len(pts), 3), np.float32)
+    chunk = 1 << 16
+    for s in tqdm(range(0, len(pts), chunk), desc="colour: field", unit="chunk",
+                  disable=not progress):  # fmt: skip
+        out[s : s + chunk] = renderer.field_radiance(pts[s : s + chunk], d[s : s + chunk])
+    rng = np.random.default_rng(0)
+    pick = rng.choice(len(pts), min(VIEW_TEST_POINTS, len(pts)), replace=False)
+    diffs = []
+    for sign in (1.0, -1.0):
+        tilted = _tilt(d[pick], sign * math.radians(VIEW_TEST_DEG))
+        diffs.append(np.abs(renderer.field_radiance(pts[pick], tilted) - out[pick]))
+    colour = np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
+    return colour, float(np.mean(diffs) * 255.0)
+
+
+def _tilt(d: NDArray, angle: float) -> NDArray[np.float32]:
+    """Unit directions `d` rotated by `angle` about an axis perpendicular to each."""
+    helper = np.where(np.abs(d[:, 2:3]) < 0.9, [[0.0, 0.0, 1.0]], [[1.0, 0.0, 0.0]])
+    axis = np.cross(d, helper)
+    axis /= np.linalg.norm(axis, axis=1, keepdims=True)
+    return (math.cos(angle) * d + math.sin(angle) * np.cross(axis, d)).astype(np.float32)
 
 
 def bake(root: str | Path, resolution: int = BAKE_RESOLUTION, progress: bool = True) -> Baked:
@@ -228,19 +216,22 @@ def bake(root: str | Path, resolution: int = BAKE_RESOLUTION, progress: bool = T
         renderer = NerfRenderer(bundle, device="cpu", mode="full")
         bounds = grid_bounds(bundle)
         log_density = density_grid(renderer, bounds, resolution, progress)
-        verts, faces, normals = proxy_surface(log_density, bounds)
-        colour = bake_colour(renderer, verts, normals, progress)
+        near = float(renderer.model.config.near_plane)
+        mask, dirs = seen_points(log_density, bounds, near, progress)
+        colour, view_dep = bake_colour(renderer, mask, dirs, bounds, progress)
     finally:
         torch.set_num_threads(threads)
     info = {
         "resolution": resolution,
         "grid_margin": GRID_MARGIN,
-        "iso_density": round(math.exp(ISO_LOG_DENSITY), 6),
-        "colour_directions": 1 + COLOUR_AZIMUTHS,
-        "n_vertices": len(verts),
-        "n_faces": len(faces),
+        "probe_views": PROBE_VIEWS,
+        "probe_rays": PROBE_RAYS,
+        "colour_min_weight": COLOUR_MIN_WEIGHT,
+        "coloured_points": len(colour),
+        "coloured_share": round(len(colour) / log_density.size, 5),
+        "view_dependence_255": round(view_dep, 3),
     }
-    baked = Baked(log_density, bounds, verts, faces, colour, info)
+    baked = Baked(log_density, bounds, Baked.pack_mask(mask), colour, info)
     write_bake(bundle.root, baked)
     baked.info["seconds"] = round(time.perf_counter() - t0, 1)
     return baked

@@ -1,21 +1,23 @@
-"""The baked proxy of a NeRF bundle: plain arrays in the bundle, read and written safely.
+"""The bake of a NeRF bundle: plain arrays in the bundle, read and written safely.
 
 `egosynth scenes bake` derives, from the bundle's own field (never from the mesh ground truth):
 
 - a **density grid**: ln(density) of the field on a regular grid over the scene box, in
-  nerfstudio's model frame (the frame the field lives in): guided rendering uses it in place
-  of nerfacto's proposal networks;
-- a **proxy surface**: marching cubes of that grid, cast against with Embree in baked mode;
-- **baked colour** per proxy vertex: the field's colour seen from several directions around
-  the vertex normal, averaged (spherical-harmonics degree 0: the procedural ground truth is
-  Lambertian, so view-dependent terms cannot bring baked frames closer to it).
+  nerfstudio's model frame (the frame the field lives in): guided and baked rendering march
+  through it in place of nerfacto's proposal networks;
+- a **sparse colour grid** on the same grid points: the field's colour at every grid point
+  that carries compositing weight for rays from the scene's free space, seen along the mean
+  direction those rays came from (baked rendering looks colour up here instead of running
+  the field).
 
 Files, next to bundle.json::
 
     <bundle>/bake.npz    log_density (R, R, R) float16, bounds (2, 3) float32,
-                         vertices (V, 3) float32 model frame, faces (F, 3) int32,
-                         colour (V, 3) uint8 — a zip of .npy files written with fixed
-                         timestamps (same inputs -> same bytes), read with allow_pickle=False
+                         colour_mask (ceil(R³ / 8),) uint8: numpy.packbits of the x-major
+                         (R, R, R) mask of grid points that hold a colour,
+                         colour (N, 3) uint8: their colours, in mask order — a zip of .npy
+                         files written with fixed timestamps (same inputs -> same bytes),
+                         read with allow_pickle=False
     <bundle>/bake.json   format version, sha256 of weights.pt (a stale bake is detected),
                          sha256 of bake.npz (a corrupt one is detected), settings and stats
 
@@ -41,13 +43,12 @@ from egosynth.readers import check_inside, read_bytes, read_json_object
 BAKE_NPZ = "bake.npz"
 BAKE_JSON = "bake.json"
 BAKE_FORMAT = "egosynth-nerf-bake"
-BAKE_VERSION = 1
+BAKE_VERSION = 2  # 1: a marching-cubes proxy surface with vertex colours (replaced)
 # name -> (dtype, ndim, size of the last axis or None)
 _ARRAYS = {
     "log_density": (np.float16, 3, None),
     "bounds": (np.float32, 2, 3),
-    "vertices": (np.float32, 2, 3),
-    "faces": (np.int32, 2, 3),
+    "colour_mask": (np.uint8, 1, None),
     "colour": (np.uint8, 2, 3),
 }
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed, so a bake is byte-for-byte reproducible
@@ -59,18 +60,26 @@ class StaleBake(BundleError):
 
 @dataclass
 class Baked:
-    """A bundle's proxy surface and baked colour, in nerfstudio's model frame."""
+    """A bundle's density grid and sparse colour grid, in nerfstudio's model frame."""
 
     log_density: NDArray[np.float16]  # (R, R, R) ln(density) at grid points, x-major
     bounds: NDArray[np.float32]  # (2, 3) min and max corner of the grid, model frame
-    vertices: NDArray[np.float32]
-    faces: NDArray[np.int32]
-    colour: NDArray[np.uint8]
+    colour_mask: NDArray[np.uint8]  # packbits of the (R, R, R) mask of coloured grid points
+    colour: NDArray[np.uint8]  # (N, 3) colours of the masked points, x-major order
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def n_faces(self) -> int:
-        return len(self.faces)
+    def resolution(self) -> int:
+        return self.log_density.shape[0]
+
+    def mask(self) -> NDArray[np.bool_]:
+        """The (R, R, R) bool mask of grid points that hold a colour."""
+        n = self.log_density.size
+        return np.unpackbits(self.colour_mask, count=n).astype(bool).reshape(self.log_density.shape)
+
+    @classmethod
+    def pack_mask(cls, mask: NDArray[np.bool_]) -> NDArray[np.uint8]:
+        return np.packbits(np.asarray(mask, bool).ravel())
 
 
 def sha256_file(path: Path) -> str:
@@ -159,15 +168,19 @@ def _load_arrays(npath: Path, data: bytes) -> dict[str, NDArray]:
                 out[name] = a
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise BundleError(f"{npath}: not a readable bake ({exc})") from None
-    v, f, b = out["vertices"], out["faces"], out["bounds"]
+    b, ld = out["bounds"], out["log_density"]
     if b.shape != (2, 3) or not np.all(np.isfinite(b)) or not np.all(b[1] > b[0]):
         raise BundleError(f"{npath}: array 'bounds' = {b.tolist()}: not a box")
-    if len(out["colour"]) != len(v):
+    if len(set(ld.shape)) != 1 or ld.shape[0] < 2 or not np.all(np.isfinite(ld)):
+        raise BundleError(f"{npath}: array 'log_density' {ld.shape}: not a finite cubic grid")
+    if len(out["colour_mask"]) != (ld.size + 7) // 8:
         raise BundleError(
-            f"{npath}: array 'colour' has {len(out['colour'])} rows for {len(v)} vertices"
+            f"{npath}: array 'colour_mask' has {len(out['colour_mask'])} bytes for a "
+            f"{ld.shape[0]}^3 grid (expected {(ld.size + 7) // 8})"
         )
-    if not np.all(np.isfinite(v)):
-        raise BundleError(f"{npath}: array 'vertices' holds non-finite values")
-    if len(f) and (f.min() < 0 or f.max() >= len(v)):
-        raise BundleError(f"{npath}: array 'faces' indexes past the {len(v)} vertices")
+    n = int(np.unpackbits(out["colour_mask"], count=ld.size).sum())
+    if len(out["colour"]) != n:
+        raise BundleError(
+            f"{npath}: array 'colour' has {len(out['colour'])} rows for {n} coloured grid points"
+        )
     return out

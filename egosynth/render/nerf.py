@@ -54,17 +54,17 @@ FLOOR_BAND_M = 0.02
 # Render modes of a NeRF scene (docs/bundles.md): nerfacto's own sampling (the reference), the
 # field sampled where the baked density grid puts the weight, or the baked proxy alone.
 RENDER_MODES = ("full", "guided", "baked")
-# The mode a scene gets when its config names none and its bundle is baked. guided, not baked:
-# on the committed CPU bundles baked frames are measured ~7 dB further from the ground truth
-# than full ones (docs/nerf_modes.md), guided ones within ~1 dB; baked stays opt-in until its
-# colour model closes that gap.
-DEFAULT_BAKED_MODE = "guided"
-# Guided: samples of the baked density grid per ray (a march over the grid box) and field
-# evaluations per ray (at the grid weights' quantiles). PSNR vs full on room_0, 4 views 64x48
-# (grid samples, field samples -> dB): 256,4 34.8; 256,8 37.0; 192,6 36.3; 128,8 36.6;
-# 128,6 36.0; 96,6 35.6. Costs per 4096 rays, 1 thread: 1.7 ms per grid sample, 87 ms per
-# field sample; 128,6 is the cheapest setting above 35 dB.
-GUIDED_GRID_SAMPLES = 128
+# The mode a scene gets when its config names none and its bundle is baked: baked, which on
+# the committed CPU bundles is 2-3x faster than guided and within 0.3 dB of it against the
+# mesh ground truth (docs/nerf_modes.md).
+DEFAULT_BAKED_MODE = "baked"
+# Guided and baked: samples of the baked density grid per ray (a march over the grid box) and
+# colour samples per ray (at the grid weights' quantiles; the field in guided, the colour grid
+# in baked). PSNR vs full on room_0, 4 views 64x48 (grid samples, field samples -> dB): 256,4
+# 34.8; 256,8 37.0; 192,6 36.3; 128,8 36.6; 128,6 36.0; 96,6 35.6. 4 views 128x96, baked vs
+# the ground truth (full 29.63): 128 grid samples 28.26 dB, 96 28.26, 64 28.04; guided vs
+# full 35.49 / 35.14 / 34.12. The grid march is ~3/4 of baked's time: 96 it is.
+GUIDED_GRID_SAMPLES = 96
 GUIDED_FIELD_SAMPLES = 6
 # Light the grid leaves at its box's far side: above ESCAPE_SAMPLE_MIN it gets the field's colour
 # at the box exit (nerfacto gives it its last sample's colour); above GUIDED_MAX_ESCAPE the ray
@@ -72,6 +72,9 @@ GUIDED_FIELD_SAMPLES = 6
 # are foggy: ~20 % of room_0's light leaks through its soft walls.
 ESCAPE_SAMPLE_MIN = 0.01
 GUIDED_MAX_ESCAPE = 0.5
+# Baked: a colour sample whose trilinear neighbourhood holds less than this share of baked
+# grid points (the rest were never seen from free space at bake time) sends its ray to guided.
+BAKED_MIN_KNOWN = 0.25
 
 
 # --------------------------------------------------------------------------- offline building
@@ -380,7 +383,7 @@ class NerfRenderer:
         self.chunk_rays = chunk_rays or (4096 if self.device == "cpu" else 1 << 16)
         self.model = build_model(bundle.meta, bundle.load_weights(), self.device, bundle.root)
         self.mode = "full"
-        self._proxy: _Proxy | None = None
+        self._grid: BakedGrid | None = None
         self.fallback_rays = 0  # rays the last render_raw sent to full sampling
         self.set_mode(mode)
 
@@ -396,13 +399,13 @@ class NerfRenderer:
             mode = DEFAULT_BAKED_MODE if has_bake(self.bundle.root) else "full"
         if mode not in RENDER_MODES:
             raise EgosynthError(f"render mode {mode!r}: choose one of {list(RENDER_MODES)}")
-        if mode != "full" and self._proxy is None:
+        if mode != "full" and self._grid is None:
             if not has_bake(self.bundle.root):
                 raise BundleError(
                     f"{self.bundle.root}: render mode {mode!r} needs a bake: run "
                     f"`egosynth scenes bake {self.bundle.root}`"
                 )
-            self._proxy = _Proxy(read_bake(self.bundle.root), self.device)
+            self._grid = BakedGrid(read_bake(self.bundle.root), self.device)
         self.mode = mode
         return mode
 
@@ -558,40 +561,36 @@ class NerfRenderer:
         integral). Rays the grid cannot answer (origin outside it, or light escaping past its
         far side) are rendered by full sampling.
         """
-        import torch
-
-        px = self._proxy
-        assert px is not None
+        grid = self._grid
+        assert grid is not None
         o, d = rb.origins, rb.directions
-        near = float(self.model.config.near_plane)
-        t_a, t_b, ok = px.span(o, d, near)
-        n, S, KC = len(o), GUIDED_GRID_SAMPLES, GUIDED_FIELD_SAMPLES
-        u = (torch.arange(S, device=o.device, dtype=o.dtype) + 0.5) / S
-        step = (t_b - t_a)[:, None]
-        mid = t_a[:, None] + step * u  # (n, S) bin centres
-        den = px.density(o[:, None] + d[:, None] * mid[..., None])
-        alpha = 1.0 - torch.exp(-den * (step / S))
-        trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha], 1), 1)
-        w = trans[:, :-1] * alpha
-        ok &= trans[:, -1] <= GUIDED_MAX_ESCAPE
-        acc = w.sum(1)
-        far = (trans[:, -1] > ESCAPE_SAMPLE_MIN) & ok
-        cw = torch.cumsum(w, 1)
-        half = torch.full((n, 1), 0.5, device=o.device, dtype=o.dtype)
-        # nerfstudio's median depth: the first bin whose cumulative weight reaches 0.5
-        depth = mid.gather(1, torch.searchsorted(cw, half).clamp_(max=S - 1))
-        q = (torch.arange(KC, device=o.device, dtype=o.dtype) + 0.5) / KC * acc[:, None]
-        tc = mid.gather(1, torch.searchsorted(cw, q).clamp_(max=S - 1))
-        c = self._field_rgb(o, d, tc)
-        # equal weight mass per quantile; what is left is coloured by the field at the box exit
-        # (where the grid stops knowing), else by the last quantile, as nerfacto's
-        # "last_sample" background does
+        m = grid.march(o, d, float(self.model.config.near_plane))
+        c = self._field_rgb(o, d, m.t_colour)
+        # what is left is coloured by the field at the box exit (where the grid stops
+        # knowing), else by the last quantile, as nerfacto's "last_sample" background does
         rest = c[:, -1].clone()
-        if bool(far.any()):
-            rest[far] = self._field_rgb(o[far], d[far], t_b[far, None])[:, 0]
-        rgb = c.mean(1) * acc[:, None] + (1.0 - acc)[:, None] * rest
-        out = {"rgb": rgb, "depth": depth, "accumulation": acc[:, None]}
-        return self._with_fallback(rb, ok, out)
+        if bool(m.far.any()):
+            rest[m.far] = self._field_rgb(o[m.far], d[m.far], m.t_exit[m.far, None])[:, 0]
+        return self._with_fallback(rb, m.ok, m.composite(c, rest))
+
+    def _render_baked(self, rb: Any) -> dict[str, Any]:
+        """guided's march with the colour looked up in the baked colour grid: no network.
+
+        Rays whose colour points fall where the bake holds no colour (grid points no ray from
+        the scene's free space gave weight to) are rendered guided; guided itself sends the
+        rays the grid cannot answer to full sampling.
+        """
+        grid = self._grid
+        assert grid is not None
+        o, d = rb.origins, rb.directions
+        m = grid.march(o, d, float(self.model.config.near_plane))
+        c, known = grid.colour(o[:, None] + d[:, None] * m.t_colour[..., None])
+        rest = c[:, -1].clone()
+        if bool(m.far.any()):
+            ce, ke = grid.colour(o[m.far] + d[m.far] * m.t_exit[m.far, None])
+            rest[m.far] = _where_known(ke, ce, rest[m.far])
+        ok = m.ok & (known.amin(1) >= BAKED_MIN_KNOWN)
+        return self._with_fallback(rb, ok, m.composite(c, rest), self._render_guided)
 
     def _samples(self, o: Any, d: Any, t: Any) -> Any:
         """nerfstudio RaySamples at distances t (n, k) along rays o + t d (points, no bins)."""
@@ -618,27 +617,6 @@ class NerfRenderer:
         _, embedding = self.model.field.get_density(samples)
         out = self.model.field.get_outputs(samples, density_embedding=embedding)
         return out[FieldHeadNames.RGB].float()
-
-    def _render_baked(self, rb: Any) -> dict[str, Any]:
-        """A ray cast against the baked proxy surface plus a colour lookup; no network.
-
-        Depth is the distance to the proxy, colour the baked vertex colours interpolated at the
-        hit, accumulation 1. Rays that miss the proxy are rendered guided (which agrees with
-        full to ~36 dB at a fraction of its cost; guided itself falls back to full).
-        """
-        import torch
-
-        px = self._proxy
-        assert px is not None
-        near = float(self.model.config.near_plane)
-        rgb, dist, hit = px.cast(rb.origins.cpu().numpy(), rb.directions.cpu().numpy(), near)
-        dev = rb.origins.device
-        out = {
-            "rgb": torch.from_numpy(rgb).to(dev),
-            "depth": torch.from_numpy(dist).to(dev)[:, None],
-            "accumulation": torch.ones((len(dist), 1), device=dev),
-        }
-        return self._with_fallback(rb, torch.from_numpy(hit).to(dev), out, self._render_guided)
 
     def _with_fallback(
         self, rb: Any, ok: Any, out: dict[str, Any], via: Callable[[Any], dict] | None = None
@@ -698,37 +676,86 @@ class NerfRenderer:
         return {"rgb": np.stack(rgb), "distance": np.stack(dist), "accumulation": np.stack(acc)}
 
 
-class _Proxy:
-    """A bundle's bake, ready to render: the density grid as a tensor, the surface in Embree."""
+def _where_known(known: Any, value: Any, other: Any) -> Any:
+    """`value` where the colour grid knew the colour (known > BAKED_MIN_KNOWN), else `other`."""
+    return value.where((known >= BAKED_MIN_KNOWN)[:, None], other)
+
+
+@dataclasses.dataclass
+class _March:
+    """One march of rays through the density grid (see BakedGrid.march)."""
+
+    mid: Any  # (n, S) bin centres along each ray
+    w: Any  # (n, S) compositing weights
+    acc: Any  # (n,) accumulation
+    depth: Any  # (n, 1) nerfstudio's median depth
+    t_colour: Any  # (n, K) the weights' quantiles: where colour is read
+    t_exit: Any  # (n,) where each ray leaves the grid box
+    far: Any  # (n,) rays whose light partly escapes past the box (they get the exit colour)
+    ok: Any  # (n,) rays the grid can answer
+
+    def composite(self, c: Any, rest: Any) -> dict[str, Any]:
+        """Equal weight mass per colour sample, `rest` for the light left at the box exit."""
+        rgb = c.mean(1) * self.acc[:, None] + (1.0 - self.acc)[:, None] * rest
+        return {"rgb": rgb, "depth": self.depth, "accumulation": self.acc[:, None]}
+
+
+class BakedGrid:
+    """A bundle's bake, ready to render: the density and colour grids as tensors."""
 
     def __init__(self, baked: Any, device: str) -> None:
         import torch
-        import trimesh
-        from trimesh.ray.ray_pyembree import RayMeshIntersector
 
-        # grid_sample wants (z, y, x) volume axes for (x, y, z) coordinates
-        vol = torch.from_numpy(baked.log_density.astype(np.float32)).permute(2, 1, 0)
+        def volume(a: NDArray) -> Any:  # grid_sample wants (z, y, x) axes for (x, y, z) points
+            return torch.from_numpy(a).permute(*range(a.ndim - 3), -1, -2, -3)
+
+        vol = volume(baked.log_density.astype(np.float32))
         self.volume = vol[None, None].contiguous().to(device)
         self.lo = torch.tensor(baked.bounds[0], dtype=torch.float32, device=device)
         self.hi = torch.tensor(baked.bounds[1], dtype=torch.float32, device=device)
-        self.vertices = baked.vertices.astype(np.float64)
-        self.faces = baked.faces.astype(np.int64)
-        self.colour = baked.colour.astype(np.float32) / 255.0
-        tri = self.vertices[self.faces]
-        nrm = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-        self._normals = nrm / np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-30)
-        mesh = trimesh.Trimesh(self.vertices, self.faces, process=False, validate=False)
-        self._embree = RayMeshIntersector(mesh, scale_to_box=False)
+        # colour premultiplied by a "known" channel: trilinear look-ups next to grid points
+        # without colour average only the known ones (divide by the interpolated known)
+        mask = baked.mask()
+        rgbk = np.zeros((4, *mask.shape), np.float32)
+        rgbk[:3, mask] = baked.colour.T.astype(np.float32) / 255.0
+        rgbk[3, mask] = 1.0
+        self.rgbk = volume(rgbk)[None].contiguous().to(device)
+
+    def to_grid(self, points: Any) -> Any:
+        """Model-frame points (..., 3) in grid_sample's [-1, 1] coordinates of the grid box."""
+        return 2.0 * (points - self.lo) / (self.hi - self.lo) - 1.0
+
+    def sample(self, volume: Any, q: Any) -> Any:
+        """Trilinear look-up of the (1, C, z, y, x) `volume` at grid coordinates q (..., 3)
+        -> (C, ...)."""
+        import torch
+        import torch.nn.functional as F
+
+        shape, c = q.shape[:-1], volume.shape[1]
+        q = q.reshape(-1, 3)
+        n = len(q)
+        # On CPU grid_sample parallelises over its batch axis only: one batch per thread
+        # (measured 2x on 2 threads); the volume is shared, expanded without a copy.
+        k = torch.get_num_threads() if q.device.type == "cpu" and n >= 1 << 15 else 1
+        if n % k:
+            q = torch.cat([q, q[: k - n % k]])
+        out = F.grid_sample(volume.expand(k, -1, -1, -1, -1), q.reshape(k, 1, 1, -1, 3),
+                            align_corners=True, padding_mode="border")  # fmt: skip
+        out = out.reshape(k, c, -1).transpose(0, 1).reshape(c, -1)
+        return out[:, :n].reshape(c, *shape)
 
     def density(self, points: Any) -> Any:
         """Density at model-frame points (..., 3) by trilinear lookup of ln(density)."""
         import torch
-        import torch.nn.functional as F
 
-        shape = points.shape[:-1]
-        q = (2.0 * (points - self.lo) / (self.hi - self.lo) - 1.0).reshape(1, 1, 1, -1, 3)
-        ln = F.grid_sample(self.volume, q, align_corners=True, padding_mode="border")
-        return torch.exp(ln.reshape(shape))
+        return torch.exp(self.sample(self.volume, self.to_grid(points))[0])
+
+    def colour(self, points: Any) -> tuple[Any, Any]:
+        """Baked colour (..., 3) at points (..., 3) and how much of it was known (...,)."""
+        v = self.sample(self.rgbk, self.to_grid(points))
+        known = v[3]
+        rgb = (v[:3] / known.clamp_min(1e-6)).clamp_(0.0, 1.0)
+        return rgb.movedim(0, -1), known
 
     def span(self, o: Any, d: Any, near: float) -> tuple[Any, Any, Any]:
         """Where rays run inside the grid box: (t_start, t_end, ok) with ok = origin inside."""
@@ -742,33 +769,33 @@ class _Proxy:
         ok = (t_in <= near) & (t_out > near)
         return t_a, torch.where(ok, t_out, t_a + 1.0), ok
 
-    def cast(
-        self, o: NDArray, d: NDArray, near: float
-    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]]:
-        """First proxy hit per ray: interpolated baked colour, distance, hit mask."""
-        from trimesh.triangles import points_to_barycentric
+    def march(self, o: Any, d: Any, near: float) -> _March:
+        """GUIDED_GRID_SAMPLES bins from `near` to the box exit: weights, depth, colour points."""
+        import torch
 
-        o, d = o.astype(np.float64), d.astype(np.float64)
-        tri = np.asarray(self._embree.intersects_first(o + d * near, d), np.int64)
-        hit = tri >= 0
-        rgb = np.zeros((len(o), 3), np.float32)
-        dist = np.zeros(len(o), np.float32)
-        if hit.any():
-            th = tri[hit]
-            v0 = self.vertices[self.faces[th, 0]]
-            nrm = self._normals[th]
-            # exact float64 plane intersection of the triangle Embree found (float32)
-            t = np.einsum("ij,ij->i", nrm, v0 - o[hit]) / np.einsum("ij,ij->i", nrm, d[hit])
-            pts = o[hit] + t[:, None] * d[hit]
-            bary = points_to_barycentric(self.vertices[self.faces[th]], pts)
-            bary = np.clip(bary, 0.0, 1.0)
-            bary /= np.maximum(bary.sum(1, keepdims=True), 1e-12)
-            rgb[hit] = np.einsum("ij,ijk->ik", bary, self.colour[self.faces[th]])
-            dist[hit] = t
-        return rgb, dist, hit
+        t_a, t_b, ok = self.span(o, d, near)
+        n, S, KC = len(o), GUIDED_GRID_SAMPLES, GUIDED_FIELD_SAMPLES
+        u = (torch.arange(S, device=o.device, dtype=o.dtype) + 0.5) / S
+        step = (t_b - t_a)[:, None]
+        mid = t_a[:, None] + step * u  # (n, S) bin centres
+        # grid coordinates of the bins straight from the ray's (one pass, no point array)
+        qo, qd = self.to_grid(o), 2.0 * d / (self.hi - self.lo)
+        den = torch.exp(self.sample(self.volume, qo[:, None] + qd[:, None] * mid[..., None])[0])
+        alpha = 1.0 - torch.exp(-den * (step / S))
+        trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha], 1), 1)
+        w = trans[:, :-1] * alpha
+        ok = ok & (trans[:, -1] <= GUIDED_MAX_ESCAPE)
+        acc = w.sum(1)
+        cw = torch.cumsum(w, 1)
+        half = torch.full((n, 1), 0.5, device=o.device, dtype=o.dtype)
+        # nerfstudio's median depth: the first bin whose cumulative weight reaches 0.5
+        depth = mid.gather(1, torch.searchsorted(cw, half).clamp_(max=S - 1))
+        q = (torch.arange(KC, device=o.device, dtype=o.dtype) + 0.5) / KC * acc[:, None]
+        t_colour = mid.gather(1, torch.searchsorted(cw, q).clamp_(max=S - 1))
+        far = (trans[:, -1] > ESCAPE_SAMPLE_MIN) & ok
+        return _March(mid, w, acc, depth, t_colour, t_b, far, ok)
 
 
-# --------------------------------------------------------------------------- trainer adapter
 def trainer_config(
     method: str,
     data: Path,
