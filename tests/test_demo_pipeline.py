@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from egosynth.commands.demo import DEMO_PIPELINE
-from egosynth.config import DEFAULT_SCENE_SET
 from egosynth.pipeline import load_pipeline, pipeline_env, run_pipeline
 from egosynth.store import ClipStore
 
@@ -18,7 +17,6 @@ pytestmark = pytest.mark.slow
 def test_demo_pipeline_tiny_then_rerun_skips(tmp_path: Path) -> None:
     overrides = {
         "workdir": str(tmp_path / "demo"),
-        "set": str(DEFAULT_SCENE_SET),
         "clips": "2",
         "seconds": "4",
         "steps": "2",
@@ -31,12 +29,20 @@ def test_demo_pipeline_tiny_then_rerun_skips(tmp_path: Path) -> None:
     for r in results:
         assert r.outputs and all(o.exists() for o in r.outputs), r.name
     work = Path(pipeline_env(pipe, DEMO_PIPELINE)["workdir"])
-    store = ClipStore(work / "store.zarr")
+    store = ClipStore(work / "store.zarr")  # the main data: NeRF renders
     assert len(store.clip_ids()) == 4  # 2 scenes x 2 clips, all complete
+    mesh = ClipStore(work / "store_mesh.zarr")  # the control: the same rooms' meshes
+    for st, backend in ((store, "nerf"), (mesh, "mesh")):
+        assert {s["backend"] for s in st.attrs["set_config"]["scenes"]} == {backend}
     report = json.loads((work / "eval" / "report.json").read_text())
     models = {row["model"] for row in report["results"]}
     assert {"slow", "predictive", "supervised-s0", "supervised-s1"} <= models
-    assert {row["dataset"] for row in report["results"]} == {"twin_s0", "twin_s1"}
+    assert {row["dataset"] for row in report["results"]} == {"twin_s0", "twin_s1", "twin_mesh_s0"}
+    fidelity = json.loads((work / "fidelity.json").read_text())["scenes"]
+    assert len(fidelity) == 2  # both NeRF rooms, against their meshes at the stored poses
+    for row in fidelity:  # loose floors: a broken pose or label convention scores far lower
+        assert row["psnr_db"] > 18 and row["depth_median_rel_error"] < 0.1
+        assert row["instance_iou"] > 0.5
     assert (work / "eval" / "alignment_vs_accuracy.png").is_file()
 
     again = run_pipeline(DEMO_PIPELINE, overrides, log=lambda *_: None)

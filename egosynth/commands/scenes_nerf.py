@@ -49,10 +49,10 @@ def register_nerf(sub: argparse._SubParsersAction) -> None:
 
     b = sub.add_parser(
         "bake",
-        help="Bake a NeRF bundle's density grid, proxy surface and colour (guided/baked modes)",
-        description="Derive, from the bundle's own field, the density grid that guided "
-        "rendering samples by and the proxy surface with baked colour that baked rendering "
-        "casts against; written into the bundle (bake.npz, bake.json). Deterministic; a bake "
+        help="Bake a NeRF bundle's density grid and colour grid (guided/baked modes)",
+        description="Derive, from the bundle's own field, the density grid that guided and "
+        "baked rendering march through, and the sparse colour grid baked rendering looks "
+        "colour up in; written into the bundle (bake.npz, bake.json). Deterministic; a bake "
         "whose weights changed is refused until rebuilt. Works on imported nerfstudio runs.",
     )
     b.add_argument("target", type=Path, help="bundle folder or scene config (backend nerf)")
@@ -78,6 +78,22 @@ def register_nerf(sub: argparse._SubParsersAction) -> None:
                    "bundle is baked, guided and baked)")  # fmt: skip
     c.add_argument("--device", default=None)
     c.set_defaults(func=run_check)
+
+    f = sub.add_parser(
+        "fidelity",
+        help="A rendered store's NeRF frames against the mesh ground truth at the same poses",
+        description="Re-render every N-th stored frame (both eyes) of the NeRF scenes of a "
+        "store with their bundles' procedural mesh ground truth and report PSNR, SSIM, median "
+        "depth error and instance IoU per scene: the fidelity of the data a trainer reads, on "
+        "the store's own trajectories. Writes a JSON report and a side-by-side PNG.",
+    )
+    f.add_argument("store", type=Path, help="clip store rendered from the scene set")
+    f.add_argument("scene_set", type=Path, help="the scene set YAML the store was rendered from")
+    f.add_argument("--every", type=count(maximum=100_000), default=8,
+                   help="compare every N-th frame (default 8)")  # fmt: skip
+    f.add_argument("--out", type=Path, default=None, help="JSON report path")
+    f.add_argument("--picture", type=Path, default=None, help="side-by-side PNG path")
+    f.set_defaults(func=run_fidelity)
 
 
 def run_fit(args: argparse.Namespace) -> int:
@@ -152,4 +168,39 @@ def run_check(args: argparse.Namespace) -> int:
     )
     print(table)
     print(f"side-by-side: {picture}")
+    return 0
+
+
+def run_fidelity(args: argparse.Namespace) -> int:
+    import json
+
+    from egosynth.checks import output_file
+    from egosynth.config import load_scene_set
+    from egosynth.errors import EgosynthError
+    from egosynth.nerf.check import store_fidelity
+
+    sset = load_scene_set(args.scene_set)
+    out = output_file(args.out, "--out") if args.out else None
+    picture = output_file(args.picture, "--picture") if args.picture else None
+    rows = store_fidelity(args.store, sset, args.every, picture)
+    if not rows:
+        raise EgosynthError(
+            f"{args.store}: no clips of a nerf scene of {args.scene_set} with a procedural "
+            "ground truth: nothing to compare"
+        )
+    print(f"{'scene':<14} {'clips':>5} {'views':>6} {'PSNR':>8} {'SSIM':>6} {'depth err':>10} "
+          f"{'IoU':>6}")  # fmt: skip
+    for r in rows:
+        x = r.result
+        print(f"{r.scene:<14} {r.clips:>5} {x.n_views:>6} {x.psnr_db:>5.2f} dB {x.ssim:>6.3f} "
+              f"{100 * x.depth_median_rel_error:>8.1f} % {x.instance_iou:>6.3f}")  # fmt: skip
+    if out is not None:
+        report = {"store": str(args.store), "scene_set": str(args.scene_set),
+                  "every": args.every,
+                  "scenes": [{"scene": r.scene, "clips": r.clips, **r.result.as_dict()}
+                             for r in rows]}  # fmt: skip
+        out.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"report: {out}")
+    if picture is not None:
+        print(f"side-by-side: {picture}")
     return 0

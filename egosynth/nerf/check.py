@@ -278,3 +278,78 @@ def check(
     if picture is not None:
         side_by_side(got, want, picture)
     return compare(got, want)
+
+
+# --------------------------------------------------------------------------- a store's own frames
+@dataclass
+class StoreFidelity:
+    scene: str
+    result: CheckResult
+    clips: int
+
+
+def store_fidelity(
+    store_path: str | Path, sset: Any, every: int = 8, picture: Path | None = None
+) -> list[StoreFidelity]:
+    """A rendered store's NeRF frames against the mesh ground truth at the same eye poses.
+
+    Every `every`-th frame of each clip of a `backend: nerf` scene of the scene set `sset`
+    (the set the store was rendered from; it locates the bundles) is rendered again by the
+    bundle's procedural mesh and compared, both eyes: the fidelity of the data a trainer
+    actually reads, on the store's own trajectories. Scenes without a recorded procedural
+    ground truth are skipped.
+    """
+    from egosynth.nerf.bundle import read_bundle
+    from egosynth.render.mesh import MeshRenderer
+    from egosynth.store import ClipStore
+
+    if every < 1:
+        raise EgosynthError(f"--every = {every}: must be at least 1")
+    store = ClipStore(store_path)
+    scenes = {s.name: s for s in sset.scene_configs if s.backend == "nerf"}
+    by_scene: dict[str, list[Any]] = {}
+    for cid in store.clip_ids():
+        clip = store.clip(cid)
+        if clip.scene in scenes:
+            by_scene.setdefault(clip.scene, []).append(clip)
+    out, shown = [], []
+    for name, clips in by_scene.items():
+        gt = read_bundle(scenes[name].bundle_path()).ground_truth_scene()
+        if gt is None:
+            continue
+        mesh = MeshRenderer.from_scene(gt)
+        got, want = [], []
+        for clip in clips:
+            got_c, want_c = _clip_against_mesh(clip, mesh, every)
+            got.append(got_c)
+            want.append(want_c)
+        got_f, want_f = Frames.concat(got), Frames.concat(want)
+        out.append(StoreFidelity(name, compare(got_f, want_f), len(clips)))
+        shown.append((got_f, want_f))
+    if picture is not None and shown:
+        rows = max(1, 6 // len(shown))
+        side_by_side(
+            Frames.concat([g[:rows] for g, _ in shown]),
+            Frames.concat([w[:rows] for _, w in shown]),
+            picture,
+        )
+    return out
+
+
+def _clip_against_mesh(clip: Any, mesh: Any, every: int) -> tuple[Frames, Frames]:
+    """(the clip's stored frames, the mesh's frames at the same poses), both eyes, every n-th."""
+    data = clip.read(names=("rgb", "depth", "instance", "part", "cam_to_world", "intrinsics"))
+    keep = slice(None, None, every)
+    rgb = data["rgb"][keep]
+    n, eyes, h, w = rgb.shape[:4]
+    flat = (n * eyes, h, w)
+    stored = Frames(
+        rgb=rgb.reshape(*flat, 3),
+        depth=data["depth"][keep].astype(np.float32).reshape(flat),
+        instance=data["instance"][keep].reshape(flat),
+        part=data["part"][keep].reshape(flat),
+        accumulation=np.ones(flat, np.float32),
+    )
+    c2w = data["cam_to_world"][keep].astype(np.float64).reshape(-1, 4, 4)
+    K = np.broadcast_to(data["intrinsics"].astype(np.float64), (n, eyes, 3, 3)).reshape(-1, 3, 3)
+    return stored, mesh.render(c2w, K, w, h)

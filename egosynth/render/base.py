@@ -7,6 +7,7 @@ internally; nothing outside a backend knows about them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -42,6 +43,15 @@ class Frames:
     def __len__(self) -> int:
         return int(self.rgb.shape[0])
 
+    def __getitem__(self, index: slice) -> Frames:
+        """The views `index` selects (a slice), every array alike."""
+        return Frames(**{f: getattr(self, f)[index] for f in _FRAME_FIELDS})
+
+    @classmethod
+    def concat(cls, batches: Sequence[Frames]) -> Frames:
+        """One batch of all views of `batches`, in order."""
+        return cls(**{f: np.concatenate([getattr(b, f) for b in batches]) for f in _FRAME_FIELDS})
+
     @classmethod
     def empty(cls, n: int, height: int, width: int) -> Frames:
         return cls(
@@ -51,6 +61,9 @@ class Frames:
             part=np.zeros((n, height, width), np.uint8),
             accumulation=np.zeros((n, height, width), np.float32),
         )
+
+
+_FRAME_FIELDS = ("rgb", "depth", "instance", "part", "accumulation")
 
 
 def batch_intrinsics(K: NDArray[np.floating], n: int) -> NDArray[np.float64]:
