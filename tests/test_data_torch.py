@@ -57,6 +57,7 @@ def test_resume_after_k_batches_with_other_worker_count(store: Path) -> None:
     loader = WindowDataLoader(ds, num_workers=2)
     loader.set_epoch(1)
     full = windows_of(loader)
+    loader.set_epoch(1)  # the same epoch again (a pass with no set_epoch is the next one)
     it = iter(loader)
     head = [next(it)["window"].tolist() for _ in range(3)]
     state = loader.state_dict()
@@ -116,3 +117,64 @@ def test_rank_and_world_come_from_torchrun_environment(store: Path, monkeypatch)
     assert (ds.loader.rank, ds.loader.world_size) == (1, 2)
     first = next(iter(WindowDataLoader(ds)))["window"].tolist()
     assert first == ds.loader.order()[2:4].tolist()  # global batch 1 of size 2
+
+
+# --------------------------------------------------------------------------- a real DataLoader
+def _flat(batches: list[list[int]]) -> list[int]:
+    return [w for b in batches for w in b]
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_each_pass_is_the_next_epoch_also_with_persistent_workers(
+    store: Path, persistent: bool
+) -> None:
+    """Without set_epoch every pass advances the epoch: a new order each time, every window
+    once per pass, equal to the orders set_epoch(0), set_epoch(1), ... give."""
+    from torch.utils.data import DataLoader
+
+    loader = WindowDataLoader(
+        WindowIterableDataset(store, **KW), num_workers=2, persistent_workers=persistent
+    )
+    assert isinstance(loader, DataLoader)
+    passes = [windows_of(loader) for _ in range(3)]
+    reference = WindowLoader(store, **KW)
+    n = len(reference.index)
+    for epoch, got in enumerate(passes):
+        assert sorted(_flat(got)) == list(range(n))
+        reference.set_epoch(epoch)
+        assert _flat(got) == reference.order().tolist()
+    assert passes[0] != passes[1] != passes[2]
+    assert loader.state_dict()["epoch"] == 2
+
+
+def test_a_lightning_trainer_gets_a_new_order_every_epoch(store: Path) -> None:
+    """A real Lightning Trainer (which calls no set_epoch on an iterable dataset's loader)."""
+    pl = pytest.importorskip("pytorch_lightning")
+
+    class Recorder(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.seen: dict[int, list[int]] = {}
+
+        def training_step(self, batch, batch_idx):
+            self.seen.setdefault(self.current_epoch, []).extend(batch["window"].tolist())
+            return (self.w * batch["rgb"].float().mean()).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    model = Recorder()
+    loader = WindowDataLoader(
+        WindowIterableDataset(store, **KW), num_workers=2, persistent_workers=True
+    )
+    trainer = pl.Trainer(
+        max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, loader)
+    n = len(WindowLoader(store, **KW).index)
+    assert sorted(model.seen) == [0, 1, 2]
+    for windows in model.seen.values():
+        assert sorted(windows) == list(range(n))  # every window once per epoch
+    assert model.seen[0] != model.seen[1] != model.seen[2]  # shuffling goes on

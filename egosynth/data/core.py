@@ -70,7 +70,7 @@ DEFAULT_FIELDS = ("rgb", "depth", "cam_to_world", "intrinsics", "time")
 ID_FIELDS = ("window", "clip", "source", "start")
 DEFAULT_CACHE_BYTES = 256 << 20
 MAX_AUTO_THREADS = 4  # decode threads per reader when not set (chunks of one batch)
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2 adds "offset" (elastic resume); version 1 states load with offset 0
 
 
 # --------------------------------------------------------------------------- index
@@ -738,7 +738,12 @@ class WindowLoader:
             raise EgosynthError(f"loader: prefetch = {prefetch!r}: must be an integer >= 0")
         self.prefetch = prefetch
         self.epoch = 0
-        self.batches_done = 0
+        self.batches_done = 0  # batches this rank has consumed of the current epoch segment
+        # Global order positions an earlier layout (another world size) consumed before this
+        # segment of the epoch began: the segment is positions [offset, n).
+        self.offset = 0
+        self._epoch_pinned = False  # set_epoch was called since the last pass began
+        self._resumed = False  # load_state_dict was called since the last pass began
         if live:
             self.index = WindowIndex([], self.spec)
         else:
@@ -764,18 +769,48 @@ class WindowLoader:
         return self._order[1]
 
     def __len__(self) -> int:
-        """Batches this rank reads in a whole epoch (live mode has no length)."""
+        """Batches this rank reads in a whole epoch (after an elastic resume: in what is left
+        of it); live mode has no length."""
         if self.live:
             raise TypeError("a live WindowLoader has no length: clips are still being added")
         return rank_batch_count(
-            len(self.index), self.batch_size, self.rank, self.world_size, self.drop_last
-        )
+            len(self.index) - self.offset, self.batch_size, self.rank, self.world_size,
+            self.drop_last,
+        )  # fmt: skip
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch; a resumed position is kept only if it belongs to this epoch."""
+        """Select the epoch; a resumed position is kept only if it belongs to this epoch.
+
+        Without calls to set_epoch, every new pass after a finished one advances the epoch
+        by itself (so shuffling goes on under trainers that never call it); with one, the
+        pass runs that epoch (from the start again if it was finished).
+        """
         epoch = _check_seed("epoch", epoch)
         if epoch != self.epoch:
-            self.epoch, self.batches_done = epoch, 0
+            self.epoch, self.batches_done, self.offset = epoch, 0, 0
+        self._epoch_pinned = True
+
+    def begin_pass(self) -> None:
+        """Where a new pass starts: the resumed position, or after a finished epoch the next
+        epoch (or the same one again, from its start, if set_epoch named it)."""
+        # Finished: this rank read all its batches. (Not "the pass ran to its end": trainers
+        # such as Lightning stop after len() batches without exhausting the iterator. A rank
+        # left with no batch of an elastically resumed epoch has not finished it.)
+        if not self.live and 0 < len(self) <= self.batches_done:
+            if not self._resumed:  # next epoch, or the named one again from its start
+                self.epoch += 0 if self._epoch_pinned else 1
+                self.batches_done, self.offset = 0, 0
+            elif not self._epoch_pinned and self._all_ranks_done():
+                self.epoch, self.batches_done, self.offset = self.epoch + 1, 0, 0
+            # else: resumed at the end of this rank's share of the named epoch: nothing left
+        self._epoch_pinned = self._resumed = False
+
+    def _all_ranks_done(self) -> bool:
+        """With uneven ranks (drop_last=False) a resumed rank's end of the epoch is not the
+        epoch's: it is finished once every rank's share was consumed (ranks step together)."""
+        n = len(self.index) - self.offset
+        used = used_windows(n, self.batch_size, self.world_size, self.drop_last)
+        return self.batches_done * self.batch_size * self.world_size >= used
 
     # ----------------------------------------------------------- iteration
     def batches(self, worker: int = 0, num_workers: int = 1) -> Iterator[dict[str, NDArray]]:
@@ -783,10 +818,10 @@ class WindowLoader:
         if self.live:
             yield from self._live_batches(worker, num_workers)
             return
-        start = self.batches_done if self.batches_done < len(self) else 0
+        start = self.batches_done  # past the end (a state saved there): nothing left to read
         shard = Shard(self.rank, self.world_size, worker, num_workers)
-        order = self.order()
-        for lo, hi in shard_batches(len(self.index), self.batch_size, shard, start, self.drop_last):
+        order = self.order()[self.offset :]
+        for lo, hi in shard_batches(len(order), self.batch_size, shard, start, self.drop_last):
             yield self.read_windows(order[lo:hi])
 
     def read_windows(self, window_ids: NDArray[np.integer]) -> dict[str, NDArray]:
@@ -806,8 +841,7 @@ class WindowLoader:
 
     def __iter__(self) -> Iterator[dict[str, NDArray]]:
         """Single-process iteration over this rank's batches, counting them for resume."""
-        if not self.live and self.batches_done >= len(self):
-            self.batches_done = 0
+        self.begin_pass()
         source = (
             self.batches() if self.prefetch == 0 else _prefetched(self.batches(), self.prefetch)
         )
@@ -820,11 +854,13 @@ class WindowLoader:
 
     # ----------------------------------------------------------- resume
     def state_dict(self) -> dict[str, Any]:
-        """Where this rank is: enough to resume exactly, with any number of workers."""
+        """Where the run is: enough to resume exactly, with any number of workers, and (ranks
+        stepping together, as under DDP) on any rank and any number of ranks."""
         return {
             "version": STATE_VERSION,
             "epoch": self.epoch,
             "batches_done": self.batches_done,
+            "offset": self.offset,
             "seed": self.seed,
             "batch_size": self.batch_size,
             "rank": self.rank,
@@ -857,14 +893,32 @@ class WindowLoader:
                         f"{saved!r}, this one {mine['stores'][k]!r}); refusing to resume on "
                         "another store"
                     )
-        for key in ("version", "seed", "batch_size", "rank", "world_size", "index"):
+        if state.get("version") not in (1, STATE_VERSION):
+            raise EgosynthError(
+                f"loader state: version = {state.get('version')!r}, this loader reads 1 and "
+                f"{STATE_VERSION}"
+            )
+        for key in ("seed", "batch_size", "index"):
             if state.get(key) != mine[key]:
                 raise EgosynthError(
                     f"loader state: {key} = {state.get(key)!r}, this loader has {mine[key]!r}; "
-                    "resume with the same stores, window, seed, batch size and ranks"
+                    "resume with the same stores, window, seed and batch size"
                 )
-        self.epoch = _check_seed("epoch", state["epoch"])
-        self.batches_done = _check_seed("batches_done", state["batches_done"])
+        epoch = _check_seed("epoch", state["epoch"])
+        done = _check_seed("batches_done", state["batches_done"])
+        offset = _check_seed("offset", state.get("offset", 0))
+        world = state.get("world_size")
+        if not isinstance(world, int) or world < 1:
+            raise EgosynthError(f"loader state: world_size = {world!r}: not a rank count")
+        self.epoch, self._epoch_pinned, self._resumed = epoch, False, True
+        if world == self.world_size:  # the same layout: every rank resumes where it was
+            self.offset, self.batches_done = offset, done
+        else:
+            # Elastic: ranks step together, so the saved layout's ranks consumed the first
+            # done * batch_size * world order positions of their segment between them; the
+            # new layout splits what is left of the epoch (every window once).
+            consumed = offset + done * self.batch_size * world
+            self.offset, self.batches_done = min(consumed, len(self.index)), 0
 
     # ----------------------------------------------------------- live mode
     def _live_batches(self, worker: int, num_workers: int) -> Iterator[dict[str, NDArray]]:

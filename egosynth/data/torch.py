@@ -76,10 +76,23 @@ class WindowIterableDataset(IterableDataset):
             )
             loader = WindowLoader(sources, **kwargs)
         self.loader = loader
+        # (epoch, offset, batches_done) in shared memory: DataLoader workers hold a copy of
+        # the loader made when they started (persistent workers: once), so each pass tells
+        # them here where it starts.
+        self.position = torch.zeros(3, dtype=torch.int64).share_memory_()
+
+    def publish_position(self) -> None:
+        """Make the loader's current position the one workers start their next pass at."""
+        self.position[:] = torch.tensor(
+            [self.loader.epoch, self.loader.offset, self.loader.batches_done]
+        )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if info is not None:  # a worker's copy: take the pass's position from the main process
+            epoch, offset, done = (int(v) for v in self.position.tolist())
+            self.loader.epoch, self.loader.offset, self.loader.batches_done = epoch, offset, done
         reader = self.loader.reader
         if info is not None and reader.decode_threads is None:
             # Worker processes share the CPUs: split the decode threads between them (this
@@ -106,43 +119,43 @@ def _from_worker(exc: EgosynthError) -> EgosynthError:
     return exc
 
 
-class WindowDataLoader:
-    """A DataLoader over a WindowIterableDataset that can save and restore its position.
+class WindowDataLoader(DataLoader):
+    """A torch DataLoader over a WindowIterableDataset that advances epochs and resumes.
 
     >>> ds = WindowIterableDataset("clips.zarr", length=8, stride=4, batch_size=32, seed=0)
-    >>> loader = WindowDataLoader(ds, num_workers=4, pin_memory=True)
+    >>> loader = WindowDataLoader(ds, num_workers=4, pin_memory=True, persistent_workers=True)
     >>> loader.load_state_dict(ckpt["loader"])          # optional: resume mid-epoch
-    >>> for epoch in range(start_epoch, n_epochs):
-    ...     loader.set_epoch(epoch)
-    ...     for batch in loader:
+    >>> for epoch in range(n_epochs):
+    ...     for batch in loader:                        # each pass is the next epoch
     ...         ...
     ...         ckpt = {"loader": loader.state_dict(), ...}
 
-    Workers are started per epoch (persistent workers would keep a stale epoch).
+    Each new pass after a finished one is the next epoch (a trainer that never calls
+    `set_epoch`, such as Lightning with an iterable dataset, still gets a new order every
+    epoch); `set_epoch(e)` picks one. The state is global: saved on any rank, it resumes
+    on any rank, with any number of workers and (ranks stepping together) any world size.
     """
 
     def __init__(self, dataset: WindowIterableDataset, **dataloader_kwargs: Any) -> None:
-        for bad in ("batch_size", "shuffle", "sampler", "batch_sampler", "persistent_workers"):
+        for bad in ("batch_size", "shuffle", "sampler", "batch_sampler"):
             if dataloader_kwargs.get(bad):
                 raise EgosynthError(
                     f"WindowDataLoader: {bad} = {dataloader_kwargs[bad]!r}: batching, "
                     "shuffling and sharding are the dataset's (WindowLoader arguments)"
                 )
             dataloader_kwargs.pop(bad, None)
-        self.dataset = dataset
-        self.kwargs = dataloader_kwargs
+        super().__init__(dataset, batch_size=None, **dataloader_kwargs)
 
     @property
     def loader(self) -> WindowLoader:
         return self.dataset.loader
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]
         state = self.loader
-        if not state.live and state.batches_done >= len(state):
-            state.batches_done = 0  # a finished epoch iterated again starts over
-        # The DataLoader pickles the dataset into its workers here, with the resume position.
+        state.begin_pass()
+        self.dataset.publish_position()
         try:
-            for batch in DataLoader(self.dataset, batch_size=None, **self.kwargs):
+            for batch in super().__iter__():
                 state.batches_done += 1
                 yield batch
         except EgosynthError as exc:
