@@ -161,7 +161,9 @@ def plan_pipeline(pipe: Pipeline, path: Path, env: dict[str, str]) -> list[_Plan
             "command": st.command,
             "args": args,
             "needs": {d: fingerprints[d] for d in st.needs},
-            "files": {a: d for a in args if (d := _file_digest(a))},
+            # config files the stage reads; not its own outputs (a .json report it writes
+            # would change the fingerprint once it exists, and the stage would never be current)
+            "files": {a: d for a in args if Path(a) not in outputs and (d := _file_digest(a))},
         }
         fp = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
         fingerprints[name] = fp

@@ -154,3 +154,31 @@ def test_shipped_pipelines_validate_and_resolve(path: Path) -> None:
         for a in p.args:
             if a.startswith("scene_configs/"):
                 load_scene_set(REPO_ROOT / a)
+
+
+def test_a_json_output_named_in_the_args_does_not_change_the_fingerprint(tmp_path: Path) -> None:
+    """Config files in the args are hashed; the stage's own .json output is not (once it
+    exists, the stage would otherwise never be current again)."""
+    from egosynth.pipeline import load_pipeline, pipeline_env, plan_pipeline
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("a: 1\n")
+    stages = {
+        "r": {
+            "command": "trajectory",
+            "args": [str(cfg), "--out", "{workdir}/report.json"],
+            "outputs": ["{workdir}/report.json"],
+        }
+    }
+    p = write(tmp_path, stages)
+
+    def fingerprint() -> str:
+        pipe = load_pipeline(p)
+        return plan_pipeline(pipe, p, pipeline_env(pipe, p))[0].fingerprint
+
+    before = fingerprint()
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "report.json").write_text('{"x": 1}')
+    assert fingerprint() == before
+    cfg.write_text("a: 2\n")  # an input config that changes does change it
+    assert fingerprint() != before

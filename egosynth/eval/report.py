@@ -123,19 +123,26 @@ def plot_alignment_vs_accuracy(path: str | Path, rows: Sequence[dict[str, Any]])
     ]
     if not pts:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    # Colour names the model (and its scoring), marker the dataset; both in legends beside
+    # the axes: labels printed at the points overlapped and ran off the right edge.
+    from matplotlib.lines import Line2D
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     datasets = sorted({r.get("dataset", "") for r in pts})
-    markers = "os^Dv<>p"
+    models = sorted({f"{r['model']} ({r['scoring']})" for r in pts})
+    markers, colours = "os^Dv<>p", plt.get_cmap("tab10").colors
     for r in pts:
         m = markers[datasets.index(r.get("dataset", "")) % len(markers)]
-        ax.scatter(r["accuracy"], r["alignment_score"], marker=m)
-        ax.annotate(
-            f"{r['model']} ({r['scoring']}) {r.get('dataset', '')}",
-            (r["accuracy"], r["alignment_score"]),
-            fontsize=6,
-            xytext=(3, 3),
-            textcoords="offset points",
-        )
+        c = colours[models.index(f"{r['model']} ({r['scoring']})") % len(colours)]
+        ax.scatter(r["accuracy"], r["alignment_score"], marker=m, color=c, s=36,
+                   edgecolors="black", linewidths=0.4)  # fmt: skip
+    model_keys = [Line2D([], [], ls="", marker="o", color=colours[i % len(colours)], label=name)
+                  for i, name in enumerate(models)]  # fmt: skip
+    data_keys = [Line2D([], [], ls="", marker=markers[i % len(markers)], color="grey", label=d)
+                 for i, d in enumerate(datasets)]  # fmt: skip
+    ax.legend(handles=model_keys + data_keys, fontsize=7, loc="upper left",
+              bbox_to_anchor=(1.02, 1.0), title="colour: model (scoring)\nmarker: dataset",
+              title_fontsize=7)  # fmt: skip
     ax.set_xlabel("accuracy (test split)")
     ax.set_ylabel("alignment (Spearman / 0.65753)")
     ax.axhline(0, color="grey", lw=0.5)
@@ -150,6 +157,6 @@ def _save(fig: Any, path: str | Path, dpi: int) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")  # legends beside the axes included
     plt.close(fig)
     return path
