@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from egosynth.config import REPO_ROOT
 from egosynth.errors import EgosynthError
@@ -227,3 +229,27 @@ def test_scenes_bake_command_refuses_bad_resolution(capsys) -> None:
     assert ex.value.code != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "resolution" in err
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    values=st.lists(st.floats(-30.0, 30.0), min_size=2, max_size=200),
+    half=st.floats(0.5, 50.0),
+)
+def test_uint8_density_grid_keeps_ln_density_to_half_a_step(values, half) -> None:
+    """Quantised ln(density) is within half a step of the original inside the stored range,
+    and clipped to its ends outside it; the range never spans more than LN_DENSITY_SPAN."""
+    from egosynth.nerf.baked import (
+        LN_DENSITY_SPAN,
+        dequantize_log_density,
+        log_density_range,
+        quantize_log_density,
+    )
+
+    x = np.array(values, np.float32)
+    bounds = np.array([[-half] * 3, [half] * 3], np.float32)
+    lo, hi = log_density_range(x, bounds)
+    assert hi - lo <= LN_DENSITY_SPAN + 1e-4
+    back = dequantize_log_density(quantize_log_density(x, [lo, hi]), [lo, hi])
+    step = (hi - lo) / 255
+    np.testing.assert_allclose(back, np.clip(x, lo, hi), atol=step / 2 + 1e-4)

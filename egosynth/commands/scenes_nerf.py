@@ -57,7 +57,7 @@ def register_nerf(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("target", type=Path, help="bundle folder or scene config (backend nerf)")
     b.add_argument("--resolution", type=count(16, 512), default=None,
-                   help="density grid points per axis (16..512, default 192)")  # fmt: skip
+                   help="density grid points per axis (16..512, default 256)")  # fmt: skip
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
     b.set_defaults(func=run_bake)
 
