@@ -4,14 +4,15 @@ Everything comes from the bundle's own field (egosynth.render.nerf's probes), ne
 mesh ground truth, so it works the same on runs imported from other people's nerfstudio
 outputs. Steps, each deterministic (fixed grid, fixed probe rays, one torch thread):
 
-1. ln(density) of the field on a `resolution`³ grid over the scene box grown by GRID_MARGIN;
+1. ln(density) of the field on a `resolution`³ grid over the scene box grown by GRID_MARGIN,
+   quantised to uint8 as it will be stored (egosynth.nerf.baked);
 2. rays from PROBE_VIEWS free-space points near the box centre (where nerfstudio puts a
    capture's cameras) marched through that grid exactly as guided rendering marches: every
-   grid point that gets compositing weight > COLOUR_MIN_WEIGHT on some probe ray is "seen",
-   and the weighted mean direction it was seen along is kept;
-3. the field's colour at every seen grid point (and its neighbours, so trilinear look-ups have
-   all corners), along that mean direction: one colour per point (see `bake_colour` for why
-   not spherical harmonics).
+   point of the (coarser) colour grid whose cell gets compositing weight > COLOUR_MIN_WEIGHT on
+   some probe ray is "seen", and the weighted mean direction it was seen along is kept;
+3. the field's colour at every seen colour-grid point (and its neighbours, so trilinear
+   look-ups have all corners), along that mean direction: one colour per point (see
+   `bake_colour` for why not spherical harmonics).
 
 The result is written next to bundle.json by egosynth.nerf.baked (a safe npz + JSON).
 """
