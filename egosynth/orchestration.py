@@ -14,6 +14,8 @@ Faults: a call that fails because its actor died (SIGKILL, OOM, lost node) resta
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -147,6 +149,14 @@ def init_local_ray(num_cpus: int, **kwargs: Any) -> Any:
     raise AssertionError("unreachable")
 
 
+def _own_sigterm_handler() -> Any:
+    """The caller's SIGTERM handler in the main thread, if it set one (else None)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    handler = signal.getsignal(signal.SIGTERM)
+    return handler if callable(handler) else None
+
+
 class _Cluster:
     """Join `address` (or RAY_ADDRESS), reuse an initialised Ray, or start a local cluster."""
 
@@ -156,11 +166,16 @@ class _Cluster:
             return
         address = address or os.environ.get("RAY_ADDRESS") or None
         kw: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR"}
+        # ray.init replaces the driver's SIGTERM handler with one that exits with status 15;
+        # a handler of the caller's own (the CLI turns SIGTERM into a clean interrupt) stays.
+        own = _own_sigterm_handler()
         try:
             if address:
                 ray.init(address=address, **kw)
             else:
                 init_local_ray(num_cpus or os.cpu_count() or 1, **kw)
+            if own is not None:
+                signal.signal(signal.SIGTERM, own)
         except Exception as exc:  # Ray raises a bare Exception when its node times out
             where = address or "a local cluster"
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

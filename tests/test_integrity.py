@@ -329,8 +329,13 @@ def test_a_second_render_while_the_first_runs_is_refused(
 
 
 @pytest.mark.ray
-def test_sigint_marks_the_store_interrupted_and_rerun_completes_it(
-    cluster: str, slow_set, tmp_path: Path
+@pytest.mark.parametrize(
+    ("signum", "code", "word"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_a_stopped_render_marks_the_store_interrupted_and_rerun_completes_it(
+    cluster: str, slow_set, tmp_path: Path, signum: int, code: int, word: str
 ) -> None:
     from egosynth.data import WindowLoader
 
@@ -343,11 +348,11 @@ def test_sigint_marks_the_store_interrupted_and_rerun_completes_it(
             if _some_clip_done(out):
                 break
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130 and "interrupted" in err
+    assert proc.returncode == code and word in err
     attrs = ClipStore(out).attrs
     done = ClipStore(out).clip_ids()
     assert attrs["store_status"] == "interrupted"  # not "rendering": nobody is writing it
