@@ -609,3 +609,20 @@ def test_elastic_resume_reads_every_window_once(
         assert sorted(read) == list(range(n))  # everything once
     else:
         assert n - len(read) < batch_size * new_world
+
+
+def test_a_state_saved_at_the_end_of_an_epoch_resumes_on_other_ranks_at_the_next(
+    store: Path,
+) -> None:
+    """Every window of epoch 0 consumed (drop_last: none left for any rank of the new
+    layout): the next pass on 3 ranks is epoch 1, not an empty pass that never advances."""
+    kw = dict(length=2, stride=1, batch_size=4, seed=3, drop_last=True)
+    first = WindowLoader(store, rank=0, world_size=1, **kw)
+    for _ in first:
+        pass
+    state = first.state_dict()
+    for r in range(3):
+        again = WindowLoader(store, rank=r, world_size=3, **kw)
+        again.load_state_dict(state)
+        batches = list(again)
+        assert again.epoch == 1 and len(batches) == len(again) > 0

@@ -794,9 +794,9 @@ class WindowLoader:
         """Where a new pass starts: the resumed position, or after a finished epoch the next
         epoch (or the same one again, from its start, if set_epoch named it)."""
         # Finished: this rank read all its batches. (Not "the pass ran to its end": trainers
-        # such as Lightning stop after len() batches without exhausting the iterator. A rank
-        # left with no batch of an elastically resumed epoch has not finished it.)
-        if not self.live and 0 < len(self) <= self.batches_done:
+        # such as Lightning stop after len() batches without exhausting the iterator. After a
+        # resume, the epoch is finished only once every rank's share is: _all_ranks_done.)
+        if not self.live and len(self) <= self.batches_done:
             if not self._resumed:  # next epoch, or the named one again from its start
                 self.epoch += 0 if self._epoch_pinned else 1
                 self.batches_done, self.offset = 0, 0

@@ -802,6 +802,7 @@ class BakedGrid:
         return _March(mid, w, acc, depth, t_colour, t_b, far, ok)
 
 
+# --------------------------------------------------------------------------- trainer adapter
 def trainer_config(
     method: str,
     data: Path,
