@@ -175,10 +175,82 @@ def test_baked_rays_without_baked_colour_are_rendered_guided(baked_copy: Path) -
     want = r.render_raw(c2w, K, 16, 12)
     assert r.fallback_rays < 16 * 12 // 2  # mostly guided, not full
     r.set_mode("baked")
-    r._grid.rgbk.zero_()
+    r._grid.table[..., 3] = 0  # no colour anywhere
     got = r.render_raw(c2w, K, 16, 12)
     for key in ("rgb", "distance", "accumulation"):
         np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["guided", "baked"])
+def test_numba_kernel_matches_the_torch_march(mode: str) -> None:
+    """The CPU kernel and the torch reference march the same bins with the same refinement
+    rule: frames agree to float tolerance (a refinement decision a rounding away from its
+    threshold may move a rare pixel's colour sample inside its bin)."""
+    from egosynth.nerf.bundle import read_bundle
+    from egosynth.nerf.check import egocentric_views
+    from egosynth.render.nerf import NerfRenderer
+
+    c2w, K = egocentric_views(read_bundle(ROOM).ground_truth_scene(), 1, 32, 24)
+    r = NerfRenderer.from_bundle(ROOM, device="cpu", mode=mode)
+    assert r._grid.kernel == "numba"
+    fast = r.render_raw(c2w, K, 32, 24)
+    r._grid.kernel = "torch"
+    ref = r.render_raw(c2w, K, 32, 24)
+    diff = np.abs(fast["rgb"] - ref["rgb"])
+    assert diff.mean() < 1e-3 and np.mean(diff > 0.02) < 0.005
+    np.testing.assert_allclose(fast["accumulation"], ref["accumulation"], atol=1e-3)
+    rel = np.abs(fast["distance"] - ref["distance"]) / ref["distance"]
+    assert np.median(rel) < 1e-4 and np.mean(rel > 0.01) < 0.005
+
+
+def test_refined_march_places_a_thin_wall_finer_than_a_bin() -> None:
+    """Golden: one opaque slab, 1/8 of a bin thick, in an empty box. Its bin takes the light,
+    is re-read finer, and the median depth lands inside the slab's quarter of the bin, not
+    at the bin's middle; torch and numba agree."""
+    import torch
+
+    from egosynth.nerf.baked import Baked
+    from egosynth.render.grid import GUIDED_GRID_SAMPLES, BakedGrid
+
+    res = 129
+    ld = np.full((res,) * 3, -12.0, np.float32)
+    wall = 86  # grid x index: x = -1 + 2 * 86 / 128 = 0.34375
+    ld[wall : wall + 1] = 8.0
+    b = Baked(ld, np.array([[-1, -1, -1], [1, 1, 1]], np.float32), np.zeros(1, np.uint8),
+              np.zeros((0, 3), np.uint8), 2)  # fmt: skip
+    o = torch.tensor([[-0.99, 0.0, 0.0]])
+    d = torch.tensor([[1.0, 0.0, 0.0]])
+    depths = []
+    for kernel in ("numba", "torch"):
+        m = BakedGrid(b, "cpu", kernel=kernel).march(o, d, 0.0)
+        depths.append(float(m.depth[0, 0]))
+        assert float(m.acc[0]) > 0.99
+    x_wall = -1 + 2 * wall / (res - 1) + 0.99
+    bin_len = 1.99 / GUIDED_GRID_SAMPLES
+    assert abs(depths[0] - depths[1]) < 1e-4
+    assert abs(depths[0] - x_wall) < bin_len / 4
+
+
+def test_colour_table_fills_around_seen_points_and_weights_opaque_ones() -> None:
+    """Fill: a point next to one coloured point gets its colour; weights: a point where the
+    field is opaque outweighs one in empty space."""
+    from egosynth.nerf.baked import Baked
+    from egosynth.render.grid import FILL_STEPS, colour_table, requantize
+
+    c = 16
+    ld = np.full((c,) * 3, -9.0, np.float32)
+    ld[8:] = 5.0  # opaque half (x >= 8)
+    mask = np.zeros((c,) * 3, bool)
+    mask[7, 5, 5] = mask[8, 5, 5] = True
+    colours = np.array([[10, 20, 30], [200, 100, 50]], np.uint8)
+    b = Baked(ld, np.array([[0, 0, 0], [1, 1, 1]], np.float32), Baked.pack_mask(mask),
+              colours, c)  # fmt: skip
+    table = colour_table(b, *requantize(ld))
+    assert table[7, 5, 5, :3].tolist() == [10, 20, 30]
+    assert table[8, 5, 5, 3] > 5 * table[7, 5, 5, 3] > 0  # opaque point weighs more
+    assert table[7, 5, 5 + FILL_STEPS, 3] > 0  # filled FILL_STEPS layers out
+    assert table[7, 5, 5 + FILL_STEPS + 1, 3] == 0  # and no further
+    assert table[7, 5, 6, :3].tolist() == [105, 60, 40]  # the mean of its two neighbours
 
 
 def test_guided_agrees_with_full_inside_the_room() -> None:

@@ -51,6 +51,8 @@ FREE_LOG_DENSITY = math.log(10.0)
 # a colour, and the weight a ray must give a grid point's cell for it to count as seen.
 PROBE_VIEWS = 64
 PROBE_RAYS = 20_000
+# Bins per probe ray (the committed bakes were made with 96: more changes their bytes).
+PROBE_SAMPLES = 96
 COLOUR_MIN_WEIGHT = 1e-2  # 1e-3: 55 % of room_0's grid coloured (21 MB), same PSNR
 # Tilt of the two extra view directions the bake reads on a sample of seen points to measure
 # how view-dependent the field's colour is (reported in bake.json).
@@ -124,7 +126,7 @@ def seen_points(
     from tqdm import tqdm
 
     from egosynth.nerf.baked import Baked
-    from egosynth.render.nerf import BakedGrid
+    from egosynth.render.grid import BakedGrid
 
     no_colour = Baked(log_density, bounds, np.zeros(1, np.uint8), np.zeros((0, 3), np.uint8), 2)
     grid = BakedGrid(no_colour, "cpu")  # the density grid; a 2³ colour grid, never read
@@ -137,7 +139,7 @@ def seen_points(
     for p in tqdm(probes, desc="colour: probe views", unit="view", disable=not progress):
         o = torch.tensor(p, dtype=torch.float32).expand_as(dirs).contiguous()
         with torch.inference_mode():
-            m = grid.march(o, dirs, near)
+            m = grid.march(o, dirs, near, PROBE_SAMPLES, kernel="torch", refine=False)
             pts = o[:, None] + dirs[:, None] * m.mid[..., None]
             ijk = ((pts - lo) / spacing).round().long().clamp_(0, resolution - 1)
             flat = ((ijk[..., 0] * resolution + ijk[..., 1]) * resolution + ijk[..., 2]).reshape(-1)

@@ -34,6 +34,7 @@ from egosynth.camera import distance_to_depth, opencv_to_opengl, unproject
 from egosynth.errors import EgosynthError
 from egosynth.nerf.bundle import Bundle, BundleError, BundleMeta, model_from_scene, read_bundle
 from egosynth.render.base import Frames, Label, batch_intrinsics
+from egosynth.render.grid import BakedGrid
 
 if TYPE_CHECKING:
     from egosynth.config import SceneConfig, SceneObject
@@ -58,27 +59,10 @@ RENDER_MODES = ("full", "guided", "baked")
 # the committed CPU bundles is 2-3x faster than guided and within 0.3 dB of it against the
 # mesh ground truth (docs/nerf_modes.md).
 DEFAULT_BAKED_MODE = "baked"
-# Guided and baked: samples of the baked density grid per ray (a march over the grid box) and
-# colour samples per ray (at the grid weights' quantiles; the field in guided, the colour grid
-# in baked). PSNR vs full on room_0, 4 views 64x48 (grid samples, field samples -> dB): 256,4
-# 34.8; 256,8 37.0; 192,6 36.3; 128,8 36.6; 128,6 36.0; 96,6 35.6. 4 views 128x96, baked vs
-# the ground truth (full 29.63): 128 grid samples 28.26 dB, 96 28.26, 64 28.04; guided vs
-# full 35.49 / 35.14 / 34.12. The grid march is ~3/4 of baked's time: 96 it is.
-GUIDED_GRID_SAMPLES = 96
-GUIDED_FIELD_SAMPLES = 6
-# Light the grid leaves at its box's far side: above ESCAPE_SAMPLE_MIN it gets the field's colour
-# at the box exit (nerfacto gives it its last sample's colour); above GUIDED_MAX_ESCAPE the ray
-# sees past the baked region (sky, far background) and falls back to full sampling. CPU fits
-# are foggy: ~20 % of room_0's light leaks through its soft walls.
-ESCAPE_SAMPLE_MIN = 0.01
-GUIDED_MAX_ESCAPE = 0.5
 # Rays per chunk on CPU, per mode (room_0, 4 views 128x96, 2 threads): the field prefers small
 # chunks (guided 82 k rays/s at 4 k, 48 k at 16 k), baked's grid look-ups big ones (144 k
 # rays/s at 4 k, 254 k at 16 k, 191 k at 64 k). GPUs get 64 k.
 CHUNK_RAYS_CPU = {"full": 4096, "guided": 4096, "baked": 16384}
-# Baked: a colour sample whose trilinear neighbourhood holds less than this share of baked
-# grid points (the rest were never seen from free space at bake time) sends its ray to guided.
-BAKED_MIN_KNOWN = 0.25
 
 
 # --------------------------------------------------------------------------- offline building
@@ -580,23 +564,16 @@ class NerfRenderer:
         return self._with_fallback(rb, m.ok, m.composite(c, rest))
 
     def _render_baked(self, rb: Any) -> dict[str, Any]:
-        """guided's march with the colour looked up in the baked colour grid: no network.
+        """guided's march with the colour looked up in the baked colour table: no network.
 
-        Rays whose colour points fall where the bake holds no colour (grid points no ray from
-        the scene's free space gave weight to) are rendered guided; guided itself sends the
-        rays the grid cannot answer to full sampling.
+        Rays whose colour points fall where the table holds no colour (far from every grid
+        point the bake's probe rays saw) are rendered guided; guided itself sends the rays the
+        grid cannot answer to full sampling.
         """
         grid = self._grid
         assert grid is not None
-        o, d = rb.origins, rb.directions
-        m = grid.march(o, d, float(self.model.config.near_plane))
-        c, known = grid.colour(o[:, None] + d[:, None] * m.t_colour[..., None])
-        rest = c[:, -1].clone()
-        if bool(m.far.any()):
-            ce, ke = grid.colour(o[m.far] + d[m.far] * m.t_exit[m.far, None])
-            rest[m.far] = _where_known(ke, ce, rest[m.far])
-        ok = m.ok & (known.amin(1) >= BAKED_MIN_KNOWN)
-        return self._with_fallback(rb, ok, m.composite(c, rest), self._render_guided)
+        out, ok = grid.shade(rb.origins, rb.directions, float(self.model.config.near_plane))
+        return self._with_fallback(rb, ok, out, self._render_guided)
 
     def _samples(self, o: Any, d: Any, t: Any) -> Any:
         """nerfstudio RaySamples at distances t (n, k) along rays o + t d (points, no bins)."""
@@ -680,126 +657,6 @@ class NerfRenderer:
             dist.append(out["depth"][..., 0].cpu().numpy())
             acc.append(out["accumulation"][..., 0].cpu().numpy())
         return {"rgb": np.stack(rgb), "distance": np.stack(dist), "accumulation": np.stack(acc)}
-
-
-def _where_known(known: Any, value: Any, other: Any) -> Any:
-    """`value` where the colour grid knew the colour (known > BAKED_MIN_KNOWN), else `other`."""
-    return value.where((known >= BAKED_MIN_KNOWN)[:, None], other)
-
-
-@dataclasses.dataclass
-class _March:
-    """One march of rays through the density grid (see BakedGrid.march)."""
-
-    mid: Any  # (n, S) bin centres along each ray
-    w: Any  # (n, S) compositing weights
-    acc: Any  # (n,) accumulation
-    depth: Any  # (n, 1) nerfstudio's median depth
-    t_colour: Any  # (n, K) the weights' quantiles: where colour is read
-    t_exit: Any  # (n,) where each ray leaves the grid box
-    far: Any  # (n,) rays whose light partly escapes past the box (they get the exit colour)
-    ok: Any  # (n,) rays the grid can answer
-
-    def composite(self, c: Any, rest: Any) -> dict[str, Any]:
-        """Equal weight mass per colour sample, `rest` for the light left at the box exit."""
-        rgb = c.mean(1) * self.acc[:, None] + (1.0 - self.acc)[:, None] * rest
-        return {"rgb": rgb, "depth": self.depth, "accumulation": self.acc[:, None]}
-
-
-class BakedGrid:
-    """A bundle's bake, ready to render: the density and colour grids as tensors."""
-
-    def __init__(self, baked: Any, device: str) -> None:
-        import torch
-
-        def volume(a: NDArray) -> Any:  # grid_sample wants (z, y, x) axes for (x, y, z) points
-            return torch.from_numpy(a).permute(*range(a.ndim - 3), -1, -2, -3)
-
-        vol = volume(baked.log_density.astype(np.float32))
-        self.volume = vol[None, None].contiguous().to(device)
-        self.lo = torch.tensor(baked.bounds[0], dtype=torch.float32, device=device)
-        self.hi = torch.tensor(baked.bounds[1], dtype=torch.float32, device=device)
-        # colour premultiplied by a "known" channel: trilinear look-ups next to grid points
-        # without colour average only the known ones (divide by the interpolated known)
-        mask = baked.mask()
-        rgbk = np.zeros((4, *mask.shape), np.float32)
-        rgbk[:3, mask] = baked.colour.T.astype(np.float32) / 255.0
-        rgbk[3, mask] = 1.0
-        self.rgbk = volume(rgbk)[None].contiguous().to(device)
-
-    def to_grid(self, points: Any) -> Any:
-        """Model-frame points (..., 3) in grid_sample's [-1, 1] coordinates of the grid box."""
-        return 2.0 * (points - self.lo) / (self.hi - self.lo) - 1.0
-
-    def sample(self, volume: Any, q: Any) -> Any:
-        """Trilinear look-up of the (1, C, z, y, x) `volume` at grid coordinates q (..., 3)
-        -> (C, ...)."""
-        import torch
-        import torch.nn.functional as F
-
-        shape, c = q.shape[:-1], volume.shape[1]
-        q = q.reshape(-1, 3)
-        n = len(q)
-        # On CPU grid_sample parallelises over its batch axis only: one batch per thread
-        # (measured 2x on 2 threads); the volume is shared, expanded without a copy.
-        k = torch.get_num_threads() if q.device.type == "cpu" and n >= 1 << 15 else 1
-        if n % k:
-            q = torch.cat([q, q[: k - n % k]])
-        out = F.grid_sample(volume.expand(k, -1, -1, -1, -1), q.reshape(k, 1, 1, -1, 3),
-                            align_corners=True, padding_mode="border")  # fmt: skip
-        out = out.reshape(k, c, -1).transpose(0, 1).reshape(c, -1)
-        return out[:, :n].reshape(c, *shape)
-
-    def density(self, points: Any) -> Any:
-        """Density at model-frame points (..., 3) by trilinear lookup of ln(density)."""
-        import torch
-
-        return torch.exp(self.sample(self.volume, self.to_grid(points))[0])
-
-    def colour(self, points: Any) -> tuple[Any, Any]:
-        """Baked colour (..., 3) at points (..., 3) and how much of it was known (...,)."""
-        v = self.sample(self.rgbk, self.to_grid(points))
-        known = v[3]
-        rgb = (v[:3] / known.clamp_min(1e-6)).clamp_(0.0, 1.0)
-        return rgb.movedim(0, -1), known
-
-    def span(self, o: Any, d: Any, near: float) -> tuple[Any, Any, Any]:
-        """Where rays run inside the grid box: (t_start, t_end, ok) with ok = origin inside."""
-        import torch
-
-        inv = 1.0 / torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
-        t0, t1 = (self.lo - o) * inv, (self.hi - o) * inv
-        t_in = torch.minimum(t0, t1).amax(-1)
-        t_out = torch.maximum(t0, t1).amin(-1)
-        t_a = torch.full_like(t_in, near)
-        ok = (t_in <= near) & (t_out > near)
-        return t_a, torch.where(ok, t_out, t_a + 1.0), ok
-
-    def march(self, o: Any, d: Any, near: float) -> _March:
-        """GUIDED_GRID_SAMPLES bins from `near` to the box exit: weights, depth, colour points."""
-        import torch
-
-        t_a, t_b, ok = self.span(o, d, near)
-        n, S, KC = len(o), GUIDED_GRID_SAMPLES, GUIDED_FIELD_SAMPLES
-        u = (torch.arange(S, device=o.device, dtype=o.dtype) + 0.5) / S
-        step = (t_b - t_a)[:, None]
-        mid = t_a[:, None] + step * u  # (n, S) bin centres
-        # grid coordinates of the bins straight from the ray's (one pass, no point array)
-        qo, qd = self.to_grid(o), 2.0 * d / (self.hi - self.lo)
-        den = torch.exp(self.sample(self.volume, qo[:, None] + qd[:, None] * mid[..., None])[0])
-        alpha = 1.0 - torch.exp(-den * (step / S))
-        trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha], 1), 1)
-        w = trans[:, :-1] * alpha
-        ok = ok & (trans[:, -1] <= GUIDED_MAX_ESCAPE)
-        acc = w.sum(1)
-        cw = torch.cumsum(w, 1)
-        half = torch.full((n, 1), 0.5, device=o.device, dtype=o.dtype)
-        # nerfstudio's median depth: the first bin whose cumulative weight reaches 0.5
-        depth = mid.gather(1, torch.searchsorted(cw, half).clamp_(max=S - 1))
-        q = (torch.arange(KC, device=o.device, dtype=o.dtype) + 0.5) / KC * acc[:, None]
-        t_colour = mid.gather(1, torch.searchsorted(cw, q).clamp_(max=S - 1))
-        far = (trans[:, -1] > ESCAPE_SAMPLE_MIN) & ok
-        return _March(mid, w, acc, depth, t_colour, t_b, far, ok)
 
 
 # --------------------------------------------------------------------------- trainer adapter
