@@ -59,10 +59,11 @@ RENDER_MODES = ("full", "guided", "baked")
 # the committed CPU bundles is 2-3x faster than guided and within 0.3 dB of it against the
 # mesh ground truth (docs/nerf_modes.md).
 DEFAULT_BAKED_MODE = "baked"
-# Rays per chunk on CPU, per mode (room_0, 4 views 128x96, 2 threads): the field prefers small
-# chunks (guided 82 k rays/s at 4 k, 48 k at 16 k), baked's grid look-ups big ones (144 k
-# rays/s at 4 k, 254 k at 16 k, 191 k at 64 k). GPUs get 64 k.
-CHUNK_RAYS_CPU = {"full": 4096, "guided": 4096, "baked": 16384}
+# Rays per chunk on CPU, per mode (4 views 128x96, 2 threads): the field prefers small chunks
+# (guided 82 k rays/s at 4 k, 48 k at 16 k); baked's compiled march does not care (room_0 325 k
+# at 8 k, 345 k at 64 k) but its fallback rays batch better in big chunks (room_1 188 k at
+# 8 k, 230 k at 16 k, 285 k at 64 k). GPUs get 64 k.
+CHUNK_RAYS_CPU = {"full": 4096, "guided": 4096, "baked": 65536}
 
 
 # --------------------------------------------------------------------------- offline building
