@@ -18,8 +18,9 @@ import numpy as np
 
 from egosynth.camera import intrinsics_from_fov
 from egosynth.config import SceneSetConfig
+from egosynth.labels import Label
 from egosynth.plan import ClipPlan, clip_trajectory, plan_clips
-from egosynth.render.base import Label, Renderer
+from egosynth.render.base import Renderer
 
 
 @dataclass

@@ -10,7 +10,8 @@ import time
 
 import numpy as np
 
-from egosynth.render.base import Frames, Label, Renderer
+from egosynth.labels import Label
+from egosynth.render.base import Frames, Renderer
 
 
 class FakeRenderer:

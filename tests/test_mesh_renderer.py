@@ -21,8 +21,10 @@ from egosynth.camera import (
     unproject,
 )
 from egosynth.config import REPO_ROOT, load_scene
-from egosynth.render.base import Frames, Label, Renderer
-from egosynth.render.mesh import MeshBuilder, MeshRenderer
+from egosynth.labels import Label
+from egosynth.render.base import Frames, Renderer
+from egosynth.render.mesh import MeshRenderer
+from egosynth.scenes.mesh import MeshBuilder
 from egosynth.scenes.textures import Material
 
 GREY = Material("solid", (0.5, 0.5, 0.5))
@@ -159,7 +161,7 @@ def _room_views(scene, n: int = 4) -> np.ndarray:
 
 
 def test_generated_room_renders_deterministically_with_consistent_annotations() -> None:
-    from egosynth.render.mesh import _cached_mesh
+    from egosynth.scenes.procedural import _cached_mesh
 
     scene = load_scene(ROOM_0)
     w, h = 96, 72

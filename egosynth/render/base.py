@@ -8,21 +8,17 @@ internally; nothing outside a backend knows about them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
 
+# The label type lives in the neutral egosynth.labels (scenes build label tables without
+# importing the renderer); re-exported here as the type `Renderer.labels` returns.
+from egosynth.labels import Label
 
-@dataclass(frozen=True)
-class Label:
-    """One entry of a scene's label table: instance id -> object, part id -> part name."""
-
-    instance_id: int
-    name: str
-    category: str
-    parts: dict[int, str] = field(default_factory=dict)
+__all__ = ["Frames", "Label", "Renderer", "batch_intrinsics"]
 
 
 @dataclass

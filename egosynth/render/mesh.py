@@ -5,92 +5,29 @@ trimesh's `ray_pyembree`) finds the first triangle hit in float32; the hit dista
 recomputed in float64 from that triangle's plane, so depth is exact to float64 rounding.
 Camera rays have unit z in the camera frame, so the ray parameter IS the z-depth.
 
-Every triangle carries an instance id (0 = room and furniture, 1..N = scene.objects in order),
-a part id (0 = no part; a per-scene table) and a material (solid texture, Lambertian shading).
-Rays are cast in chunks so memory stays bounded for any batch size.
+The scene itself is built outside the renderer: a `SceneMesh` (egosynth.scenes.mesh) carries
+per-face instance ids, part ids and materials, and the procedural generator builds it
+(egosynth.scenes.procedural). Rays are cast in chunks so memory stays bounded for any batch
+size.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 
 from egosynth.camera import camera_rays
-from egosynth.errors import ConfigError, EgosynthError
-from egosynth.render.base import Frames, Label, batch_intrinsics
-from egosynth.scenes.textures import Material, albedo, shade
+from egosynth.render.base import Frames, batch_intrinsics
+from egosynth.scenes.textures import albedo, shade
 
 if TYPE_CHECKING:
-    import trimesh
-
     from egosynth.config import SceneConfig
+    from egosynth.labels import Label
+    from egosynth.scenes.mesh import SceneMesh
 
 CHUNK_RAYS = 1 << 18  # ~260 k rays per embree call: a few tens of MB of temporaries
-
-
-@dataclass
-class SceneMesh:
-    """A triangle soup with per-face ids and materials, plus the light and label table."""
-
-    vertices: NDArray[np.float64]  # (V, 3) world metres
-    faces: NDArray[np.int64]  # (F, 3)
-    face_instance: NDArray[np.uint16]  # (F,)
-    face_part: NDArray[np.uint8]  # (F,)
-    face_material: NDArray[np.int32]  # (F,) index into materials
-    materials: list[Material]
-    light: NDArray[np.float64]  # (3,) point light position
-    labels: list[Label] = field(default_factory=list)
-
-    @property
-    def n_faces(self) -> int:
-        return len(self.faces)
-
-
-class MeshBuilder:
-    """Accumulates mesh pieces (each with a material, instance id and part id) into a SceneMesh."""
-
-    def __init__(self) -> None:
-        self._verts: list[NDArray] = []
-        self._faces: list[NDArray] = []
-        self._inst: list[NDArray] = []
-        self._part: list[NDArray] = []
-        self._mat: list[NDArray] = []
-        self._materials: dict[Material, int] = {}
-        self._nv = 0
-
-    def material(self, mat: Material) -> int:
-        """Index of `mat` in the table (identical materials share one entry)."""
-        return self._materials.setdefault(mat, len(self._materials))
-
-    def add(self, mesh: trimesh.Trimesh, mat: Material, instance: int = 0, part: int = 0) -> None:
-        """Add one piece; its faces get the given material, instance id and part id."""
-        f = np.asarray(mesh.faces, np.int64)
-        self._verts.append(np.asarray(mesh.vertices, np.float64))
-        self._faces.append(f + self._nv)
-        self._nv += len(mesh.vertices)
-        n = len(f)
-        self._inst.append(np.full(n, instance, np.uint16))
-        self._part.append(np.full(n, part, np.uint8))
-        self._mat.append(np.full(n, self.material(mat), np.int32))
-
-    def build(self, light: Sequence[float], labels: list[Label] | None = None) -> SceneMesh:
-        mats = sorted(self._materials, key=self._materials.__getitem__)
-        return SceneMesh(
-            vertices=np.concatenate(self._verts),
-            faces=np.concatenate(self._faces),
-            face_instance=np.concatenate(self._inst),
-            face_part=np.concatenate(self._part),
-            face_material=np.concatenate(self._mat),
-            materials=mats,
-            light=np.asarray(light, np.float64),
-            labels=list(labels or []),
-        )
 
 
 class MeshRenderer:
@@ -124,19 +61,11 @@ class MeshRenderer:
 
     @classmethod
     def from_scene(cls, scene: SceneConfig) -> MeshRenderer:
-        """Rebuild a procedural scene's mesh from `scene.procedural` (cached per process)."""
-        if scene.procedural is None:
-            raise EgosynthError(f"scene {scene.name!r}: backend 'mesh' needs 'procedural' settings")
-        from egosynth.scenes.procedural import check_scene_matches
+        """Render a procedural scene: its mesh is rebuilt from `scene.procedural` by the
+        generator (egosynth.scenes.procedural.scene_mesh, cached per process)."""
+        from egosynth.scenes.procedural import scene_mesh
 
-        try:
-            mesh = _cached_mesh(json.dumps(scene.procedural, sort_keys=True))
-        except ConfigError as exc:  # the settings alone do not know their file: name it
-            raise ConfigError(
-                scene.source or scene.name, exc.field, exc.value, exc.reason
-            ) from None
-        check_scene_matches(scene, mesh)
-        return cls(mesh)
+        return cls(scene_mesh(scene))
 
     def labels(self) -> list[Label]:
         return list(self.mesh.labels)
@@ -217,10 +146,3 @@ class MeshRenderer:
         out.part[cam].reshape(-1)[start:end] = np.where(hit, self.mesh.face_part[safe], 0)
         rgb8 = np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
         out.rgb[cam].reshape(-1, 3)[start:end] = rgb8
-
-
-@lru_cache(maxsize=8)
-def _cached_mesh(procedural_json: str) -> SceneMesh:
-    from egosynth.scenes.procedural import build_mesh_from_settings
-
-    return build_mesh_from_settings(json.loads(procedural_json))

@@ -14,7 +14,8 @@ from egosynth.scenes.capture import CaptureSettings, sample_views
 
 if TYPE_CHECKING:
     from egosynth.config import SceneConfig
-    from egosynth.render.base import Frames, Label
+    from egosynth.labels import Label
+    from egosynth.render.base import Frames
 
 
 def id_colors(n: int) -> NDArray[np.uint8]:
