@@ -157,7 +157,25 @@ BELOW = {
     "egosynth.scenes.procedural": "egosynth.render",
     "egosynth.scenes.shapes": "egosynth.render",
     "egosynth.scenes.textures": "egosynth.render",
+    # what the NeRF backend is built from: bundle, bake and the nerfstudio adapter
+    "egosynth.nerf.bundle": "egosynth.render",
+    "egosynth.nerf.baked": "egosynth.render",
+    "egosynth.nerf.nerfstudio": "egosynth.render",
+    # importing a run needs nerfstudio's config reader, never the renderer (fit, bake and check
+    # are scene tooling above the renderer: fit renders its capture with the mesh backend)
+    "egosynth.nerf.importer": "egosynth.render",
 }
+
+# Scene tooling that renders (captures, previews, NeRF fitting, import, bake and checks): it sits
+# above the renderer, so nothing in egosynth.render may reach it.
+ABOVE_RENDER = (
+    "egosynth.scenes.capture",
+    "egosynth.scenes.preview",
+    "egosynth.nerf.fit",
+    "egosynth.nerf.importer",
+    "egosynth.nerf.bake",
+    "egosynth.nerf.check",
+)
 
 
 def test_graph_sees_every_kind_of_import(tmp_path: Path) -> None:
@@ -201,4 +219,11 @@ def test_lower_layers_never_import_upper_ones() -> None:
         chain = path_to(graph, module, forbidden)
         if chain:
             bad.append(f"{module} must not import {forbidden}: " + " -> ".join(chain))
+    renderer = [m for m in graph if m == "egosynth.render" or m.startswith("egosynth.render.")]
+    for module in renderer:
+        for tool in ABOVE_RENDER:
+            assert tool in graph, tool
+            chain = path_to(graph, module, tool)
+            if chain:
+                bad.append(f"{module} must not import {tool}: " + " -> ".join(chain))
     assert not bad, "\n".join(bad)

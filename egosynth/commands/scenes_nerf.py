@@ -2,7 +2,7 @@
 
 Registered into the `scenes` subcommand group by egosynth.commands.scenes via
 `register_nerf(subparsers)`. Keep this module light: nerfstudio is imported only inside
-the functions that run (through egosynth.render.nerf).
+the functions that run (through egosynth.nerf.nerfstudio and egosynth.render.nerf).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ any absolute location and used from any working directory)::
                          obstacles, procedural settings of the ground-truth scene)
 
 Loading never executes code from a bundle: JSON is parsed as data, the model configuration is
-rebuilt from nerfstudio's own method registry plus these plain settings (egosynth.render.nerf),
+rebuilt from nerfstudio's own method registry plus these plain settings (egosynth.nerf.nerfstudio),
 and weights go through `torch.load(weights_only=True)` with an allow-list of plain numpy scalar
 types only. A weights file that carries any other pickled global is refused with one line.
 This module does not import nerfstudio (torch is imported lazily by the weight helpers).

@@ -117,7 +117,7 @@ def fit_capture(
     """
     from tqdm import tqdm
 
-    from egosynth.render import nerf as ns
+    from egosynth.nerf import nerfstudio as ns
 
     if preset not in PRESETS:
         raise EgosynthError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")

@@ -4,7 +4,7 @@ A nerfstudio run folder holds `config.yml` (python-object YAML), `dataparser_tra
 and `nerfstudio_models/step-*.ckpt` (a pickle with weights AND optimizer state). The import
 reads the checkpoint with the weights-only loader (a pickle naming anything but tensors and
 plain numpy scalars is refused before anything runs), keeps only the model's weights, reads
-config.yml once (egosynth.render.nerf.read_run_config) and writes plain files.
+config.yml once (egosynth.nerf.nerfstudio.read_run_config) and writes plain files.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def import_run(
 ) -> Path:
     """Write a bundle at `out` from the nerfstudio run in `folder`; returns the bundle path."""
     from egosynth.checks import output_dir
-    from egosynth.render.nerf import read_run_config
+    from egosynth.nerf.nerfstudio import read_run_config
 
     output_dir(out, "--out", inputs=[folder])  # before anything is read or written
     run = find_run(folder)

@@ -1,7 +1,12 @@
 """Scene backends behind one interface (`Renderer`), and the factory that picks one.
 
-- mesh: procedural ground-truth scenes (egosynth.render.mesh), exact depth and masks.
-- nerf: trained NeRF scene bundles (egosynth.render.nerf), the only module importing nerfstudio.
+- mesh: procedural ground-truth scenes (egosynth.render.mesh), exact depth and masks; the
+  scene's mesh is built by egosynth.scenes (procedural.scene_mesh), not by the renderer.
+- nerf: trained NeRF scene bundles (egosynth.render.nerf); the model is built by
+  egosynth.nerf.nerfstudio, the adapter to nerfstudio's model building, trainer and configs.
+
+Imports go one way: the backends import egosynth.scenes and egosynth.nerf's bundle, bake and
+nerfstudio modules, never the tools above them (capture, preview, fit, bake, check).
 """
 
 from __future__ import annotations

@@ -1,28 +1,23 @@
-"""The NeRF scene backend, and egosynth's ONLY contact with nerfstudio.
+"""The NeRF scene backend: renders a trained scene bundle through nerfstudio.
 
-Everything that touches nerfstudio lives here, behind lazy imports (importing nerfstudio takes
-~17 s, and `egosynth --help` must stay light):
+nerfstudio is imported lazily (importing it takes ~17 s, and `egosynth --help` must stay
+light). The model is rebuilt from the bundle by egosynth.nerf.nerfstudio (the adapter to
+nerfstudio's model building, trainer and run configs, which the NeRF fit and import use too);
+this module only renders it:
 
-- rebuilding a model from a scene bundle: nerfstudio's method registry + the bundle's plain
-  settings + weights read by the weights-only loader (egosynth.nerf.bundle) — never a pickle or
-  a python-object YAML from a bundle;
 - the camera conversion (OpenCV camera-to-world in world metres -> nerfstudio cameras in the
   model's scaled, OpenGL-axis frame), in exactly one function, `model_poses`;
 - batched, chunked rendering of rgb, z-depth in metres and accumulation, plus instance and part
   masks from the rendered surface points and the bundle's 3D annotations;
-- the trainer and import adapters used by egosynth.nerf.fit / egosynth.nerf.importer.
+- guided and baked rendering from the bundle's bake (egosynth.render.grid).
 
-nerfacto builds an LPIPS metric (which downloads AlexNet weights) whenever a model is
-constructed; offline that fails. `offline_model_construction` swaps the metric for a no-op
-only while a model is being built.
+Imports go one way: this module imports egosynth.nerf's bundle, bake and nerfstudio adapter;
+nothing it imports imports it back (tests/test_imports.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import dataclasses
-import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,8 +27,10 @@ from numpy.typing import NDArray
 
 from egosynth.camera import distance_to_depth, opencv_to_opengl, unproject
 from egosynth.errors import EgosynthError
+from egosynth.labels import Label
 from egosynth.nerf.bundle import Bundle, BundleError, BundleMeta, model_from_scene, read_bundle
-from egosynth.render.base import Frames, Label, batch_intrinsics
+from egosynth.nerf.nerfstudio import build_model, pick_device
+from egosynth.render.base import Frames, batch_intrinsics
 from egosynth.render.grid import BakedGrid
 
 if TYPE_CHECKING:
@@ -64,122 +61,6 @@ DEFAULT_BAKED_MODE = "baked"
 # at 8 k, 345 k at 64 k) but its fallback rays batch better in big chunks (room_1 188 k at
 # 8 k, 230 k at 16 k, 285 k at 64 k). GPUs get 64 k.
 CHUNK_RAYS_CPU = {"full": 4096, "guided": 4096, "baked": 65536}
-
-
-# --------------------------------------------------------------------------- offline building
-@contextlib.contextmanager
-def offline_model_construction() -> Iterator[None]:
-    """Build nerfstudio models offline: LPIPS becomes a no-op module for this block only."""
-    import torch
-    import torchmetrics.image.lpip as lpip_mod
-
-    class _NoLPIPS(torch.nn.Module):
-        """Stands in for LPIPS during construction; returns 0 if a training eval calls it."""
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__()
-
-        def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-            return torch.zeros(())
-
-    original = lpip_mod.LearnedPerceptualImagePatchSimilarity
-    lpip_mod.LearnedPerceptualImagePatchSimilarity = _NoLPIPS  # type: ignore[misc]
-    try:
-        yield
-    finally:
-        lpip_mod.LearnedPerceptualImagePatchSimilarity = original  # type: ignore[misc]
-
-
-# --------------------------------------------------------------------------- settings <-> config
-def _plain(value: Any) -> Any:
-    """JSON-plain form of a config value, or raise TypeError for anything else."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise TypeError("non-finite float")
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        return {k: _plain(v) for k, v in value.items()}
-    if hasattr(value, "value") and isinstance(getattr(value, "value", None), (str, int)):
-        return value.value  # enums (e.g. DepthLossType) are stored by value
-    raise TypeError(f"{type(value).__name__} is not plain data")
-
-
-def plain_model_settings(model_config: Any) -> dict[str, Any]:
-    """Every plain-data field of a nerfstudio model config (nested configs/classes skipped)."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(model_config):
-        if f.name.startswith("_"):
-            continue
-        with contextlib.suppress(TypeError):
-            out[f.name] = _plain(getattr(model_config, f.name))
-    return out
-
-
-def _method_config(method: str) -> Any:
-    from nerfstudio.configs.method_configs import all_methods
-
-    if method not in all_methods:
-        raise EgosynthError(f"unknown nerfstudio method {method!r}")
-    return copy.deepcopy(all_methods[method])
-
-
-def model_config_from_settings(method: str, settings: dict[str, Any], source: Path) -> Any:
-    """nerfstudio's registry config for `method`, with plain `settings` applied field by field."""
-    cfg = _method_config(method).pipeline.model
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
-    for key, value in settings.items():
-        if key not in fields or key.startswith("_"):
-            raise BundleError(
-                f"{source}: field 'model_settings.{key}' = {value!r:.40}: not a setting of {method}"
-            )
-        default = getattr(cfg, key)
-        try:
-            plain_default = _plain(default)
-        except TypeError:
-            raise BundleError(
-                f"{source}: field 'model_settings.{key}': not a plain-data setting"
-            ) from None
-        if isinstance(default, tuple):
-            value = tuple(value)
-        elif hasattr(default, "value") and not isinstance(default, (int, float, str)):
-            value = type(default)(value)  # enum restored from its value
-        elif isinstance(plain_default, float) and isinstance(value, int):
-            value = float(value)
-        setattr(cfg, key, value)
-    return cfg
-
-
-# --------------------------------------------------------------------------- model from a bundle
-def build_model(meta: BundleMeta, weights: dict[str, Any], device: str, source: Path) -> Any:
-    """Construct the nerfstudio model described by `meta` and load `weights` (strictly)."""
-    import torch
-    from nerfstudio.data.scene_box import SceneBox
-
-    cfg = model_config_from_settings(meta.method, meta.model_settings, source)
-    scene_box = SceneBox(aabb=torch.tensor(meta.scene_box, dtype=torch.float32))
-    with offline_model_construction():
-        model = cfg.setup(scene_box=scene_box, num_train_data=meta.num_train_data, metadata={})
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    # Training-camera pose refinements are not part of a bundle: rendering never uses them.
-    missing = [k for k in missing if not k.startswith("camera_optimizer.")]
-    if missing or unexpected:
-        shown = (missing or unexpected)[:3]
-        what = "missing" if missing else "unexpected"
-        raise BundleError(
-            f"{source}: weights do not match the {meta.method} settings ({what} tensors, "
-            f"e.g. {shown})"
-        )
-    return model.to(device).eval()
-
-
-def pick_device(device: str | None) -> str:
-    import torch
-
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # --------------------------------------------------------------------------- cameras (ONE place)
@@ -658,126 +539,3 @@ class NerfRenderer:
             dist.append(out["depth"][..., 0].cpu().numpy())
             acc.append(out["accumulation"][..., 0].cpu().numpy())
         return {"rgb": np.stack(rgb), "distance": np.stack(dist), "accumulation": np.stack(acc)}
-
-
-# --------------------------------------------------------------------------- trainer adapter
-def trainer_config(
-    method: str,
-    data: Path,
-    output_dir: Path,
-    experiment: str,
-    iterations: int,
-    model_settings: dict[str, Any],
-    rays_per_batch: int | None,
-    steps_per_save: int,
-    device: str,
-    depth_unit_scale: float | None = None,
-) -> Any:
-    """A nerfstudio TrainerConfig for `method`, for an offline, viewer-less, resumable fit."""
-    from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
-
-    cfg = _method_config(method)
-    cfg.data = Path(data)
-    cfg.output_dir = Path(output_dir)
-    cfg.experiment_name = experiment
-    cfg.timestamp = "run"  # a fixed run folder, so a second call finds the checkpoint to resume
-    cfg.max_num_iterations = iterations
-    cfg.steps_per_save = steps_per_save
-    cfg.steps_per_eval_batch = cfg.steps_per_eval_image = 10**9  # no eval passes during the fit
-    cfg.steps_per_eval_all_images = 10**9
-    cfg.save_only_latest_checkpoint = True
-    cfg.vis = "none"  # no viewer, no tensorboard/wandb: none of the is_*_enabled() match
-    cfg.logging.local_writer.enable = False  # egosynth shows its own progress bar
-    cfg.machine.device_type = "cuda" if device.startswith("cuda") else "cpu"
-    dm = cfg.pipeline.datamanager
-    if device == "cpu" and type(dm).__name__ == "ParallelDataManagerConfig":
-        # Worker processes re-import nerfstudio (~17 s each) for no gain on 2 cores.
-        cfg.pipeline.datamanager = VanillaDataManagerConfig(
-            dataparser=dm.dataparser,
-            train_num_rays_per_batch=dm.train_num_rays_per_batch,
-            eval_num_rays_per_batch=dm.eval_num_rays_per_batch,
-        )
-        dm = cfg.pipeline.datamanager
-    dm.data = dm.dataparser.data = Path(data)  # what `ns-train --data` sets
-    if rays_per_batch:
-        dm.train_num_rays_per_batch = dm.eval_num_rays_per_batch = rays_per_batch
-    if depth_unit_scale is not None:
-        dm.dataparser.depth_unit_scale_factor = depth_unit_scale
-    cfg.pipeline.model = model_config_from_settings(method, model_settings, Path("<preset>"))
-    if device == "cpu":
-        cfg.mixed_precision = False
-    return cfg
-
-
-def run_trainer(cfg: Any, on_step: Callable[[int, float], None]) -> Path:
-    """Run nerfstudio's Trainer on `cfg` up to cfg.max_num_iterations TOTAL steps.
-
-    Resumes from the run folder's latest checkpoint if there is one (loaded weights-only with
-    the numpy allow-list). `on_step(step, loss)` is called after every iteration. Returns the
-    run folder (nerfstudio's base dir: config.yml, dataparser_transforms.json, checkpoints).
-    """
-    import torch
-    from nerfstudio.engine.trainer import Trainer
-
-    from egosynth.nerf.bundle import numpy_allow_list
-
-    total = cfg.max_num_iterations
-    ckpt_dir = cfg.get_checkpoint_dir()
-    if ckpt_dir.is_dir() and any(ckpt_dir.glob("step-*.ckpt")):
-        cfg.load_dir = ckpt_dir
-    cfg.get_base_dir().mkdir(parents=True, exist_ok=True)
-    cfg.save_config()
-    trainer = Trainer(cfg)
-    with offline_model_construction(), torch.serialization.safe_globals(numpy_allow_list()):
-        trainer.setup()
-    # nerfstudio runs max_num_iterations MORE steps after a resume; we want a total.
-    trainer.config.max_num_iterations = max(0, total - trainer._start_step)
-    if trainer.config.max_num_iterations == 0:
-        return cfg.get_base_dir()
-    inner = trainer.train_iteration
-
-    def train_iteration(step: int) -> Any:
-        out = inner(step)
-        on_step(step, float(out[0].detach()))
-        return out
-
-    trainer.train_iteration = train_iteration  # type: ignore[method-assign]
-    trainer.train()
-    return cfg.get_base_dir()
-
-
-def start_step(cfg: Any) -> int:
-    """The step a fit resumes from (0 when there is no checkpoint), without loading it."""
-    ckpt_dir = cfg.get_checkpoint_dir()
-    steps = (
-        [int(p.stem.split("-")[1]) for p in ckpt_dir.glob("step-*.ckpt")]
-        if ckpt_dir.is_dir()
-        else []
-    )
-    return max(steps) + 1 if steps else 0
-
-
-# --------------------------------------------------------------------------- import adapter
-def read_run_config(config_yml: Path) -> dict[str, Any]:
-    """Read a nerfstudio run's config.yml (python-object YAML) ONCE, at import time only.
-
-    This is the single place egosynth constructs python objects from YAML, and it only ever
-    runs on a user's own nerfstudio output folder when they ask to import it; what comes out is
-    plain data that goes into the bundle.
-    """
-    import yaml
-    from nerfstudio.engine.trainer import TrainerConfig
-
-    try:
-        cfg = yaml.load(config_yml.read_text(), Loader=yaml.Loader)
-    except yaml.YAMLError as exc:
-        raise EgosynthError(f"{config_yml}: not a readable nerfstudio config ({exc})") from None
-    if not isinstance(cfg, TrainerConfig):
-        raise EgosynthError(f"{config_yml}: not a nerfstudio TrainerConfig")
-    dp = cfg.pipeline.datamanager.dataparser
-    return {
-        "method": cfg.method_name,
-        "model_settings": plain_model_settings(cfg.pipeline.model),
-        "scene_scale": float(getattr(dp, "scene_scale", 1.0)),
-        "data": str(cfg.data) if cfg.data is not None else None,
-    }
