@@ -1,4 +1,7 @@
-"""egosynth's modules import each other one way only: the internal import graph has no cycle.
+"""egosynth's modules import each other one way only (issue 16, "a house whose data flows one
+way"): the internal import graph has no cycle, and the lower layers (label table, scene
+geometry, NeRF bundles and the nerfstudio adapter) never reach the renderer, which never
+reaches the tools that render (captures, previews, NeRF fit, import, bake and checks).
 
 Every import counts, wherever it stands (module level, inside functions, under
 `if TYPE_CHECKING:`), so a lazy import cannot hide a circle. `from egosynth.a import b` where b
@@ -16,11 +19,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "egosynth"
 
 
-def module_files() -> dict[str, Path]:
-    """Dotted module name -> file, for every module under egosynth/ (packages by __init__)."""
+def module_files(root: Path = ROOT) -> dict[str, Path]:
+    """Dotted module name -> file, for every module under `root` (packages by __init__)."""
     out = {}
-    for path in sorted(ROOT.rglob("*.py")):
-        parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    for path in sorted(root.rglob("*.py")):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts.pop()
         out[".".join(parts)] = path
@@ -65,14 +68,15 @@ def imports_of(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
     return deps
 
 
-def import_graph() -> dict[str, set[str]]:
-    modules = module_files()
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """Module -> the egosynth modules it imports."""
+    modules = module_files(root)
     return {m: imports_of(m, p, modules) for m, p in modules.items()}
 
 
-def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Every strongly connected component with more than one module (Tarjan), each as one
-    cycle through it: [a, b, ..., a]."""
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The modules of every import circle: each strongly connected component of more than one
+    module (Tarjan), sorted."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -103,28 +107,28 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     for v in sorted(graph):
         if v not in index:
             visit(v)
-    return [_cycle_through(comp, graph) for comp in sorted(components)]
+    return sorted(components)
 
 
-def _cycle_through(comp: list[str], graph: dict[str, set[str]]) -> list[str]:
-    """One shortest cycle from the component's first module back to itself."""
+def cycle_through(comp: list[str], graph: dict[str, set[str]]) -> list[str]:
+    """A shortest import chain from a circle's first module back to itself: [a, b, ..., a]."""
     members, start = set(comp), comp[0]
-    prev: dict[str, str] = {}
+    prev = {start: start}
     frontier = [start]
     while frontier:
         nxt = []
         for v in frontier:
             for w in sorted(graph[v] & members):
                 if w == start:
-                    path = [v]
-                    while path[-1] != start:
-                        path.append(prev[path[-1]])
-                    return [start, *reversed(path[:-1]), start] if v != start else [start, start]
+                    chain = [v]
+                    while chain[-1] != start:
+                        chain.append(prev[chain[-1]])
+                    return [*reversed(chain), start]
                 if w not in prev:
                     prev[w] = v
                     nxt.append(w)
         frontier = nxt
-    return comp  # unreachable for a strongly connected component
+    raise AssertionError(f"{comp} is not a circle")
 
 
 def path_to(graph: dict[str, set[str]], start: str, goal: str) -> list[str] | None:
@@ -152,7 +156,7 @@ def path_to(graph: dict[str, set[str]], start: str, goal: str) -> list[str] | No
 # module must never reach, directly or through the modules it imports.
 BELOW = {
     # the label table and the scene geometry/generator: built outside the renderer
-    "egosynth.labels": "egosynth",
+    "egosynth.labels": "egosynth",  # imports nothing of egosynth at all
     "egosynth.scenes.mesh": "egosynth.render",
     "egosynth.scenes.procedural": "egosynth.render",
     "egosynth.scenes.shapes": "egosynth.render",
@@ -164,6 +168,8 @@ BELOW = {
     # importing a run needs nerfstudio's config reader, never the renderer (fit, bake and check
     # are scene tooling above the renderer: fit renders its capture with the mesh backend)
     "egosynth.nerf.importer": "egosynth.render",
+    # the ClickMe twin reads a store (and the generator's diagnostic-part table), never renders
+    "egosynth.eval.twin": "egosynth.render",
 }
 
 # Scene tooling that renders (captures, previews, NeRF fitting, import, bake and checks): it sits
@@ -184,30 +190,29 @@ def test_graph_sees_every_kind_of_import(tmp_path: Path) -> None:
     (pkg / "a").mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "a" / "__init__.py").write_text("")
-    (pkg / "a" / "x.py").write_text("def f():\n    from . import y\n")
+    (pkg / "a" / "x.py").write_text("def f():\n    from . import y\n    from .. import c\n")
     (pkg / "a" / "y.py").write_text(
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import egosynth.b\n"
     )
     (pkg / "b.py").write_text("from egosynth.a import x\nfrom egosynth import a\n")
-    files = {}
-    for path in sorted(pkg.rglob("*.py")):
-        parts = list(path.relative_to(tmp_path).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts.pop()
-        files[".".join(parts)] = path
-    graph = {m: imports_of(m, p, files) for m, p in files.items()}
-    assert graph["egosynth.a.x"] == {"egosynth.a.y"}
+    (pkg / "c.py").write_text("import egosynth.a.y.nothing  # the longest prefix that exists\n")
+    graph = import_graph(pkg)
+    assert graph["egosynth.a.x"] == {"egosynth.a.y", "egosynth.c"}
     assert graph["egosynth.a.y"] == {"egosynth.b"}
     assert graph["egosynth.b"] == {"egosynth.a.x", "egosynth.a"}
-    assert find_cycles(graph) == [["egosynth.a.x", "egosynth.a.y", "egosynth.b", "egosynth.a.x"]]
+    assert graph["egosynth.c"] == {"egosynth.a.y"}
+    assert circles(graph) == [["egosynth.a.x", "egosynth.a.y", "egosynth.b", "egosynth.c"]]
+    chain = cycle_through(circles(graph)[0], graph)
+    assert chain == ["egosynth.a.x", "egosynth.a.y", "egosynth.b", "egosynth.a.x"]
 
 
 def test_no_import_cycles() -> None:
     graph = import_graph()
     assert len(graph) > 50, "egosynth's modules were not found"
-    cycles = find_cycles(graph)
-    assert not cycles, "import cycles among egosynth's modules:\n" + "\n".join(
-        " -> ".join(c) for c in cycles
+    found = circles(graph)
+    assert not found, (
+        "import circles among egosynth's modules (each: its modules, one chain):\n"
+        + ("\n".join(f"{', '.join(c)}\n    {' -> '.join(cycle_through(c, graph))}" for c in found))
     )
 
 

@@ -208,7 +208,10 @@ class SourceObject:
 def diagnostic_part_of(category: str, overrides: dict[str, str]) -> str:
     if category in overrides:
         return overrides[category]
-    from egosynth.scenes.shapes import DIAGNOSTIC_PART  # numpy-only module
+    # The part table itself (part id -> name) comes from the store's labels; which part is
+    # diagnostic is not in the store format, so the default is the generator's own table
+    # (numpy-only; it imports nothing above it, tests/test_imports.py).
+    from egosynth.scenes.shapes import DIAGNOSTIC_PART
 
     if category not in DIAGNOSTIC_PART:
         raise EgosynthError(
