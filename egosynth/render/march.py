@@ -1,6 +1,6 @@
 """The CPU kernels of guided and baked rendering: one compiled loop per ray (numba).
 
-The torch code in egosynth.render.nerf (`BakedGrid`) is the reference and the GPU path: it
+The torch code in egosynth.render.grid (`BakedGrid`) is the reference and the GPU path: it
 marches every ray through all its bins as whole tensors. On a CPU that is a soup of
 (rays x bins) temporaries and cache-hostile `grid_sample` calls (~35 M look-ups/s on 2 threads
 for a 256³ grid); here each ray is one loop that reads the uint8 density grid (16 MB instead of
