@@ -41,17 +41,17 @@ def render_default(folder: Path, width: int, height: int) -> Path:
 def run(store: str, workers: int, steps: int, size: tuple[int, int]) -> dict[str, float]:
     import torch
 
-    from egosynth.train.data import open_store, split_clips
+    from egosynth.data import LoaderConfig
+    from egosynth.train.config import TrainConfig
+    from egosynth.train.data import open_store, split_clips, store_loader
     from egosynth.train.encoders import EncoderConfig
-    from egosynth.train.loop import TrainConfig, Trainer, store_loader
+    from egosynth.train.loop import Trainer
 
     s = open_store(store)
     ids = s.clip_ids()
     train, _ = split_clips(ids, [s.clip(c).scene for c in ids])
-    args = argparse.Namespace(
-        store=store, window=8, stride=2, skip=1, batch_size=8, seed=0, workers=workers
-    )
-    data = store_loader(args, train, torch.device("cpu"))
+    loader_cfg = LoaderConfig(length=8, stride=2, batch_size=8, seed=0, fields=("rgb",))
+    data = store_loader(store, train, torch.device("cpu"), loader_cfg, workers)
     cfg = TrainConfig(
         objectives=("slow", "latent", "pixel"),
         steps=steps,

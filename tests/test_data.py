@@ -370,6 +370,30 @@ def test_bad_arguments_are_one_line_errors(store: Path, tmp_path: Path) -> None:
         WindowLoader(store, decode_threads=0)
 
 
+def test_one_loader_config_for_every_adapter(store: Path) -> None:
+    """A LoaderConfig and the same settings by name give the same loader; settings by name
+    override the config's; an unknown name, or a config of the wrong type, is one line."""
+    from egosynth.data import LoaderConfig
+    from egosynth.data.torch import WindowDataset, WindowIterableDataset
+
+    cfg = LoaderConfig(length=3, stride=2, batch_size=4, seed=7, fields=["rgb", "time"])
+    assert cfg.fields == ("rgb", "time") and cfg == LoaderConfig.of(None, **vars(cfg))
+    by_name = WindowLoader(store, length=3, stride=2, batch_size=4, seed=7, fields=("rgb", "time"))
+    a, b = WindowLoader(store, cfg), by_name
+    assert a.config == b.config and a.order().tolist() == b.order().tolist()
+    assert WindowLoader(store, cfg, seed=8).config.seed == 8
+    assert WindowLoader(store, cfg, seed=8).order().tolist() != a.order().tolist()
+    ds = WindowIterableDataset(store, cfg, rank=0, world_size=1)
+    assert ds.loader.config == cfg and len(ds) == len(a)
+    assert len(WindowDataset(store, cfg)) == len(a.index)
+    with pytest.raises(EgosynthError, match="'lenght' is not a loader setting"):
+        WindowLoader(store, cfg, lenght=4)
+    with pytest.raises(EgosynthError, match="not a LoaderConfig"):
+        WindowLoader(store, {"length": 3})
+    with pytest.raises(EgosynthError, match="not a loader setting"):
+        cfg.replace(world_size=2)  # placement is each process's own, not configuration
+
+
 def test_incomplete_clips_are_not_indexed(tmp_path: Path) -> None:
     from egosynth.store import ClipWriter
 
@@ -478,27 +502,22 @@ def test_live_mode_opens_a_store_whose_zarr_json_appeared_mid_look(
 @pytest.mark.slow
 def test_ray_dataset_rows_are_the_epoch_order(store: Path, store2: Path) -> None:
     ray = pytest.importorskip("ray")
+    from egosynth.data import LoaderConfig
     from egosynth.data.ray import read_windows, windows_from_items
 
     spec = WindowSpec(length=3, stride=2, skip=2)
-    loader = WindowLoader([store, store2], length=3, stride=2, skip=2, seed=3)
+    # one configuration for the torch-side loader and both Ray paths
+    cfg = LoaderConfig(length=3, stride=2, skip=2, seed=3, batch_size=5)
+    loader = WindowLoader([store, store2], cfg)
     loader.set_epoch(1)
     from egosynth.orchestration import init_local_ray
 
     init_local_ray(1, include_dashboard=False, log_to_driver=False)
     try:
         ray.data.DataContext.get_current().execution_options.preserve_order = True
-        ds = read_windows(
-            [store, store2],
-            length=3,
-            stride=2,
-            skip=2,
-            epoch=1,
-            seed=3,
-            rows_per_block=2,
-            override_num_blocks=3,
-        )
+        ds = read_windows([store, store2], cfg, epoch=1, rows_per_block=2, override_num_blocks=3)
         batches = list(ds.iter_batches(batch_size=4, batch_format="numpy"))
+        # the same rows with the settings given by name instead
         via_items = windows_from_items(
             [store, store2], length=3, stride=2, skip=2, epoch=1, seed=3
         ).take_all()

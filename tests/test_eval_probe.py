@@ -86,7 +86,8 @@ def test_probe_fits_separable_features_and_folds_standardisation() -> None:
 
 def _train_checkpoint(path: Path) -> nn.Module:
     """An `egosynth train`-style checkpoint of a (random) slow+latent model."""
-    from egosynth.train.loop import TrainConfig, TrainModel
+    from egosynth.train.config import TrainConfig
+    from egosynth.train.model import TrainModel
 
     cfg = TrainConfig(objectives=("slow", "latent"), encoder=TINY, size=(20, 16))
     model = TrainModel(cfg)
@@ -115,7 +116,8 @@ def test_train_checkpoint_rebuilds_the_same_encoder(tmp_path: Path) -> None:
 
 
 def test_checkpoint_errors(tmp_path: Path) -> None:
-    from egosynth.train.loop import TrainConfig, TrainModel
+    from egosynth.train.config import TrainConfig
+    from egosynth.train.model import TrainModel
 
     cfg = TrainConfig(objectives=("pixel",), encoder=TINY)
     meta = {"config": cfg.to_json()}

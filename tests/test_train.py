@@ -7,7 +7,6 @@ mesh backend: the same scenes as `egosynth render`'s default store, at a test-si
 
 from __future__ import annotations
 
-import argparse
 import json
 import pickle
 from pathlib import Path
@@ -17,18 +16,21 @@ import torch
 from _fake_renderer import tiny_set
 
 from egosynth.cli import main
+from egosynth.data import LoaderConfig
 from egosynth.errors import EgosynthError
 from egosynth.train import checkpoint as ckpt
-from egosynth.train.data import CategoryTable, StoreWindows, batch_categories, split_clips
-from egosynth.train.encoders import EncoderConfig
-from egosynth.train.loop import (
-    TrainConfig,
-    Trainer,
-    frames_from_batch,
-    parse_objectives,
+from egosynth.train.config import TrainConfig, parse_objectives
+from egosynth.train.data import (
+    CategoryTable,
+    StoreWindows,
+    batch_categories,
     probe_from_store,
+    split_clips,
     store_loader,
 )
+from egosynth.train.encoders import EncoderConfig
+from egosynth.train.loop import Trainer
+from egosynth.train.model import frames_from_batch
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -125,10 +127,8 @@ def _memory_data(store: Path) -> StoreWindows:
 
 
 def _loader_data(store: Path):
-    args = argparse.Namespace(
-        store=str(store), window=8, stride=4, skip=1, batch_size=4, seed=5, workers=0
-    )
-    return store_loader(args, ["room_0-0000", "room_1-0000"], torch.device("cpu"))
+    cfg = LoaderConfig(length=8, stride=4, skip=1, batch_size=4, seed=5, fields=("rgb",))
+    return store_loader(store, ["room_0-0000", "room_1-0000"], torch.device("cpu"), cfg)
 
 
 @pytest.mark.parametrize("source", ["memory", "loader"])
@@ -285,7 +285,7 @@ def _colour_crops(labels: torch.Tensor, seed: int) -> torch.Tensor:
 def test_crop_probe_reads_category_and_reports_interval() -> None:
     """The trainer's probe fits on training crops and scores held-out crops: colour-coded
     categories are read perfectly even by a random encoder; shuffled labels are not."""
-    from egosynth.train.loop import ProbeData
+    from egosynth.train.data import ProbeData
 
     ty, hy = torch.arange(60) % 3, torch.arange(30) % 3
     windows = torch.zeros(2, 4, 2, 12, 16, 3, dtype=torch.uint8)
@@ -310,7 +310,7 @@ def test_crop_probe_reads_category_and_reports_interval() -> None:
 def test_next_frame_diagnostic_weights_every_window_equally() -> None:
     """20 held-out windows are embedded in chunks of 16 and 4: the copy-last MSE must be the
     plain mean over all windows, not the mean of the two chunk means."""
-    from egosynth.train.loop import ProbeData
+    from egosynth.train.data import ProbeData
 
     g = torch.Generator().manual_seed(0)
     rgb = torch.randint(0, 256, (20, 3, 2, 12, 16, 3), generator=g, dtype=torch.uint8)

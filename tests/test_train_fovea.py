@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +14,16 @@ import torch
 from _fake_renderer import tiny_set
 
 from egosynth.cli import main
+from egosynth.data import LoaderConfig
 from egosynth.errors import EgosynthError
 from egosynth.train import augment as aug
 from egosynth.train import checkpoint as ckpt
+from egosynth.train.config import TrainConfig
+from egosynth.train.data import store_loader
 from egosynth.train.encoders import EncoderConfig
-from egosynth.train.fovea import fovea_boxes, foveate, project_fixation
-from egosynth.train.loop import TrainConfig, Trainer, frames_from_batch, store_loader
+from egosynth.train.fovea import FOVEA_FIELDS, fovea_boxes, foveate, project_fixation
+from egosynth.train.loop import Trainer
+from egosynth.train.model import frames_from_batch
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -258,8 +261,8 @@ def test_validation_needs_three_clips(tmp_path: Path, capsys) -> None:
 
 
 def test_resume_with_fovea_and_augment_is_exact(store: Path, tmp_path: Path) -> None:
-    args = Namespace(store=str(store), window=4, stride=2, skip=1, batch_size=4, seed=5,
-                     workers=0, fovea=0.5)  # fmt: skip
+    loader_cfg = LoaderConfig(length=4, stride=2, batch_size=4, seed=5,
+                              fields=("rgb", *FOVEA_FIELDS))  # fmt: skip
     cfg = TrainConfig(
         objectives=("slow",), steps=4, size=(16, 12), fovea=0.5, augment=("crop", "colour"),
         encoder=EncoderConfig(width=4, layers=(1, 1), embed_dim=8), warmup=1, ckpt_every=0,
@@ -271,8 +274,14 @@ def test_resume_with_fovea_and_augment_is_exact(store: Path, tmp_path: Path) -> 
     def curve(hist: list[dict]) -> list[float]:
         return [h["loss"] for h in hist if "loss" in h]
 
-    reference = curve(Trainer(cfg, store_loader(args, ids, dev), out=tmp_path / "a").fit())
-    head = curve(Trainer(cfg, store_loader(args, ids, dev), out=tmp_path / "b").fit(until=2))
+    reference = curve(
+        Trainer(cfg, store_loader(store, ids, dev, loader_cfg), out=tmp_path / "a").fit()
+    )
+    head = curve(
+        Trainer(cfg, store_loader(store, ids, dev, loader_cfg), out=tmp_path / "b").fit(until=2)
+    )
     torch.manual_seed(99)  # a new process: unrelated generator state until the checkpoint
-    tail = curve(Trainer(cfg, store_loader(args, ids, dev), out=tmp_path / "b").fit("latest"))
+    tail = curve(
+        Trainer(cfg, store_loader(store, ids, dev, loader_cfg), out=tmp_path / "b").fit("latest")
+    )
     assert len(reference) == 4 and head + tail == reference

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from egosynth.checks import count, integer, real
 
@@ -141,9 +142,99 @@ def run(args: argparse.Namespace) -> int:
         from egosynth.train.checkpoint import load_checkpoint
 
         load_checkpoint(args.resume)
-    from egosynth.train.loop import run_from_args
-
     summary = run_from_args(args)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary (rank 0's)
         print(json.dumps(summary, indent=1, sort_keys=True), file=sys.stdout)
     return 0
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The TrainConfig the command line describes."""
+    from egosynth.train.config import TrainConfig
+    from egosynth.train.encoders import EncoderConfig
+    from egosynth.train.losses import SlowConfig
+
+    enc = EncoderConfig(
+        arch=args.arch,
+        width=args.width,
+        layers=args.layers,
+        embed_dim=args.embed_dim,
+        eyes=args.eyes,
+        fusion=args.fusion,
+    )
+    slow = SlowConfig(constraint=args.constraint, stereo=args.stereo_weight)
+    return TrainConfig(
+        objectives=tuple(args.objective or ("slow",)),
+        steps=args.steps,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup=args.warmup,
+        schedule=args.schedule,
+        grad_clip=args.grad_clip,
+        amp=args.amp,
+        device=args.device,
+        seed=args.seed,
+        size=args.size,
+        fovea=args.fovea,
+        augment=args.augment,
+        deterministic=args.deterministic,
+        encoder=enc,
+        slow=slow,
+        latent_context=args.context,
+        horizons=tuple(args.horizons),
+        temperature=args.temperature,
+        pixel_channels=tuple(args.pixel_channels),
+        log_every=args.log_every,
+        ckpt_every=args.ckpt_every,
+        diag_every=args.diag_every,
+        tensorboard=not args.no_tensorboard,
+        progress=not args.no_progress,
+    )
+
+
+def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """`egosynth train`: store -> train/held-out split -> Trainer.fit -> summary."""
+    import torch
+
+    from egosynth.data import LoaderConfig
+    from egosynth.errors import EgosynthError
+    from egosynth.train.data import open_store, probe_from_store, split_clips, store_loader
+    from egosynth.train.fovea import FOVEA_FIELDS
+    from egosynth.train.loop import Trainer, pick_device, summarise
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = config_from_args(args)
+    store = open_store(args.store)
+    ids = store.clip_ids()
+    if not ids:
+        raise EgosynthError(f"{args.store}: no complete clips")
+    scene_of = {c: store.clip(c).scene for c in ids}
+    train_ids, held_ids = split_clips(ids, [scene_of[c] for c in ids])
+    if getattr(args, "validation", False):
+        # Choose settings on validation clips carved out of the training clips by the same
+        # rule; the held-out clips are then neither trained on nor scored.
+        train_ids, held_ids = split_clips(train_ids, [scene_of[c] for c in train_ids])
+        if not held_ids:
+            raise EgosynthError(
+                f"{args.store}: --validation needs a scene with >= 3 clips (train, validation, "
+                "held out)"
+            )
+    device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    fields = ("rgb", *(FOVEA_FIELDS if getattr(args, "fovea", 0.0) > 0 else ()))
+    loader_cfg = LoaderConfig(
+        length=args.window, stride=args.stride, skip=args.skip, fields=fields,
+        batch_size=args.batch_size, seed=args.seed,
+    )  # fmt: skip
+    data = store_loader(args.store, train_ids, device, loader_cfg, args.workers)
+    probe = None
+    if cfg.diag_every:
+        probe = probe_from_store(
+            args.store, train_ids, held_ids, args.window, args.probe_windows, size=cfg.size
+        )
+    trainer = Trainer(cfg, data, out=args.out, probe=probe)
+    trainer.fit(resume=args.resume)
+    summary = summarise(trainer)
+    scored = "validation_clips" if getattr(args, "validation", False) else "heldout_clips"
+    summary.update({"train_clips": train_ids, scored: held_ids})
+    return summary

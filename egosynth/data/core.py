@@ -672,10 +672,65 @@ def decoded_bytes(reader: WindowReader, clips: Sequence[ClipInfo]) -> int:
 
 
 # --------------------------------------------------------------------------- loader
+@dataclass(frozen=True)
+class LoaderConfig:
+    """How windows are cut, ordered and read: one object for every adapter (WindowLoader,
+    the torch datasets, Ray Data's read_windows), so a trainer and a data pipeline that share
+    it see the same windows in the same order.
+
+    >>> cfg = LoaderConfig(length=8, stride=4, batch_size=16, seed=0)
+    >>> WindowLoader("a.zarr", cfg)  # or any adapter: WindowIterableDataset("a.zarr", cfg)
+    >>> cfg.replace(seed=1)          # a changed copy; unknown names are refused
+
+    Where a rank sits (rank, world_size) is not configuration: each process's own.
+    """
+
+    length: int = 8  # frames per window
+    stride: int = 1  # frames between window starts
+    skip: int = 1  # frame step inside a window
+    fields: tuple[str, ...] = DEFAULT_FIELDS
+    eyes: tuple[int, ...] = (0, 1)
+    batch_size: int = 8  # windows per batch (the torch adapters; Ray Data batches rows itself)
+    shuffle: bool = True
+    seed: int = 0
+    block: int = 1  # consecutive windows kept together by the shuffle
+    drop_last: bool = False
+    cache_bytes: int = DEFAULT_CACHE_BYTES
+    decode_threads: int | None = None  # None: min(cores, MAX_AUTO_THREADS)
+    prefetch: int = 0  # batches read ahead in a background thread
+    live: bool = False  # follow stores still being written
+    poll_s: float = 2.0
+    idle_timeout_s: float | None = 600.0
+
+    def __post_init__(self) -> None:
+        # sequences as tuples: a config is hashable and compares by value
+        object.__setattr__(self, "fields", tuple(self.fields))
+        object.__setattr__(self, "eyes", tuple(self.eyes))
+
+    def replace(self, **changes: Any) -> LoaderConfig:
+        return LoaderConfig.of(self, **changes)
+
+    @classmethod
+    def of(cls, config: LoaderConfig | None = None, **changes: Any) -> LoaderConfig:
+        """`config` (default: the defaults) with `changes`; a name that is not a setting is
+        refused in one line."""
+        import dataclasses
+
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise EgosynthError(
+                f"loader: {unknown[0]!r} is not a loader setting (settings: {sorted(names)})"
+            )
+        if config is not None and not isinstance(config, LoaderConfig):
+            raise EgosynthError(f"loader: config = {config!r:.60}: not a LoaderConfig")
+        return dataclasses.replace(config or cls(), **changes)
+
+
 class WindowLoader:
     """Batches of windows for one shard of one epoch; numpy only.
 
-    >>> loader = WindowLoader(["a.zarr", "b.zarr"], length=8, stride=4, batch_size=16, seed=0)
+    >>> loader = WindowLoader(["a.zarr", "b.zarr"], LoaderConfig(length=8, stride=4, batch_size=16))
     >>> for epoch in range(10):
     ...     loader.set_epoch(epoch)
     ...     for batch in loader:           # dict of numpy arrays, layout in the module doc
@@ -690,53 +745,39 @@ class WindowLoader:
     def __init__(
         self,
         sources: str | Path | Sequence[str | Path],
+        config: LoaderConfig | None = None,
         *,
-        length: int = 8,
-        stride: int = 1,
-        skip: int = 1,
-        fields: Sequence[str] = DEFAULT_FIELDS,
-        eyes: Sequence[int] = (0, 1),
-        batch_size: int = 8,
-        shuffle: bool = True,
-        seed: int = 0,
-        block: int = 1,
-        drop_last: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
-        cache_bytes: int = DEFAULT_CACHE_BYTES,
-        decode_threads: int | None = None,
-        live: bool = False,
-        poll_s: float = 2.0,
-        idle_timeout_s: float | None = 600.0,
         clips: Sequence[ClipInfo] | None = None,
-        prefetch: int = 0,
+        **settings: Any,
     ) -> None:
+        """`config`, with any LoaderConfig setting given by name on top (length=16, ...)."""
+        cfg = self.config = LoaderConfig.of(config, **settings)
         if isinstance(sources, str | Path):
             sources = [sources]
         if not sources:
             raise EgosynthError("loader: sources = []: give at least one store")
-        self.spec = WindowSpec(length, stride, skip)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise EgosynthError(f"loader: batch_size = {batch_size!r}: must be an integer >= 1")
-        if not isinstance(block, int) or block < 1:
-            raise EgosynthError(f"loader: block = {block!r}: must be an integer >= 1")
+        self.spec = WindowSpec(cfg.length, cfg.stride, cfg.skip)
+        for name in ("batch_size", "block"):
+            value = getattr(cfg, name)
+            if not isinstance(value, int) or value < 1:
+                raise EgosynthError(f"loader: {name} = {value!r}: must be an integer >= 1")
         env_rank, env_world = env_rank_world()
         self.rank = env_rank if rank is None else rank
         self.world_size = env_world if world_size is None else world_size
         Shard(self.rank, self.world_size)  # validates
         self.batch_size, self.shuffle, self.block, self.drop_last = (
-            batch_size,
-            shuffle,
-            block,
-            drop_last,
-        )
-        self.seed = _check_seed("seed", seed)
-        self.reader = WindowReader(sources, fields, eyes, cache_bytes, decode_threads)
+            cfg.batch_size, cfg.shuffle, cfg.block, cfg.drop_last
+        )  # fmt: skip
+        self.seed = _check_seed("seed", cfg.seed)
+        self.reader = WindowReader(sources, cfg.fields, cfg.eyes, cfg.cache_bytes,
+                                   cfg.decode_threads)  # fmt: skip
         self._identities: list[dict[str, Any]] | None = None
-        self.live, self.poll_s, self.idle_timeout_s = live, poll_s, idle_timeout_s
-        if not isinstance(prefetch, int) or prefetch < 0:
-            raise EgosynthError(f"loader: prefetch = {prefetch!r}: must be an integer >= 0")
-        self.prefetch = prefetch
+        self.live, self.poll_s, self.idle_timeout_s = cfg.live, cfg.poll_s, cfg.idle_timeout_s
+        if not isinstance(cfg.prefetch, int) or cfg.prefetch < 0:
+            raise EgosynthError(f"loader: prefetch = {cfg.prefetch!r}: must be an integer >= 0")
+        self.prefetch = cfg.prefetch
         self.epoch = 0
         self.batches_done = 0  # batches this rank has consumed of the current epoch segment
         # Global order positions an earlier layout (another world size) consumed before this
@@ -744,7 +785,7 @@ class WindowLoader:
         self.offset = 0
         self._epoch_pinned = False  # set_epoch was called since the last pass began
         self._resumed = False  # load_state_dict was called since the last pass began
-        if live:
+        if self.live:
             self.index = WindowIndex([], self.spec)
         else:
             self.index = WindowIndex(list_clips(self.reader) if clips is None else clips, self.spec)
@@ -754,7 +795,7 @@ class WindowLoader:
             if len(self.index) == 0:
                 raise EgosynthError(
                     f"loader: no complete clip of {list(self.reader.sources)} has "
-                    f"{self.spec.span} frames for a window (length {length}, skip {skip})"
+                    f"{self.spec.span} frames for a window (length {cfg.length}, skip {cfg.skip})"
                 )
         self._order: tuple[int, NDArray[np.int64]] | None = None
 

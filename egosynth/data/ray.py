@@ -6,7 +6,7 @@ source / start (`clip` indexes `WindowDatasource.loader.index.clips` for the cli
 of an epoch are that epoch's (seed, epoch) global order; each read task reads a contiguous run of
 it through egosynth's reader (not `ray.data.read_zarr`, which reads only Zarr v2).
 
-    >>> ds = read_windows("clips.zarr", length=8, stride=4, epoch=0, seed=0)
+    >>> ds = read_windows("clips.zarr", LoaderConfig(length=8, stride=4, seed=0), epoch=0)
     >>> for batch in ds.iter_torch_batches(batch_size=32): ...
 """
 
@@ -22,7 +22,7 @@ import ray.data
 from ray.data.block import Block, BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from egosynth.data.core import DEFAULT_CACHE_BYTES, DEFAULT_FIELDS, WindowLoader
+from egosynth.data.core import LoaderConfig, WindowLoader
 from egosynth.errors import EgosynthError
 
 
@@ -49,19 +49,20 @@ class WindowDatasource(Datasource):
     def __init__(
         self,
         sources: str | Path | Sequence[str | Path],
+        config: LoaderConfig | None = None,
         *,
         epoch: int = 0,
         rows_per_block: int = 64,
-        **loader_kwargs: Any,
+        **settings: Any,
     ) -> None:
-        for bad in ("live", "rank", "world_size", "batch_size"):
-            if bad in loader_kwargs:
-                raise EgosynthError(
-                    f"read_windows: {bad} is not supported (Ray Data splits rows across workers)"
-                )
+        cfg = LoaderConfig.of(config, **settings)
+        if cfg.live:
+            raise EgosynthError("read_windows: live = True is not supported (one epoch's rows)")
         if rows_per_block < 1:
             raise EgosynthError(f"read_windows: rows_per_block = {rows_per_block!r}: must be >= 1")
-        self.loader = WindowLoader(sources, batch_size=1, rank=0, world_size=1, **loader_kwargs)
+        # one row per window: the config's batch_size is for the torch adapters (Ray Data
+        # batches rows with iter_batches / map_batches), and Ray splits rows across workers
+        self.loader = WindowLoader(sources, cfg.replace(batch_size=1), rank=0, world_size=1)
         self.loader.set_epoch(epoch)
         self.order = self.loader.order()
         self.rows_per_block = rows_per_block
@@ -100,47 +101,36 @@ class WindowDatasource(Datasource):
 
 def read_windows(
     sources: str | Path | Sequence[str | Path],
+    config: LoaderConfig | None = None,
     *,
-    length: int = 8,
-    stride: int = 1,
-    skip: int = 1,
-    fields: Sequence[str] = DEFAULT_FIELDS,
-    eyes: Sequence[int] = (0, 1),
     epoch: int = 0,
-    seed: int = 0,
-    shuffle: bool = True,
-    block: int = 1,
-    cache_bytes: int = DEFAULT_CACHE_BYTES,
-    decode_threads: int | None = 1,
     rows_per_block: int = 64,
     override_num_blocks: int | None = None,
-    **ray_args: Any,
+    ray_args: dict[str, Any] | None = None,
+    **settings: Any,
 ) -> ray.data.Dataset:
-    """A Ray Dataset with one row per window of one epoch (see the module doc)."""
-    source = WindowDatasource(
-        sources,
-        epoch=epoch,
-        rows_per_block=rows_per_block,
-        length=length,
-        stride=stride,
-        skip=skip,
-        fields=fields,
-        eyes=eyes,
-        seed=seed,
-        shuffle=shuffle,
-        block=block,
-        cache_bytes=cache_bytes,
-        # Ray runs one read task per CPU already: one decode thread each by default.
-        decode_threads=decode_threads,
+    """A Ray Dataset with one row per window of one epoch (see the module doc): the windows
+    `config` (plus any LoaderConfig setting by name) gives a torch loader, in its order.
+    `ray_args` go to ray.data.read_datasource."""
+    cfg = LoaderConfig.of(config, **settings)
+    if config is None and "decode_threads" not in settings:
+        cfg = cfg.replace(decode_threads=1)  # Ray runs one read task per CPU already
+    source = WindowDatasource(sources, cfg, epoch=epoch, rows_per_block=rows_per_block)
+    return ray.data.read_datasource(
+        source, override_num_blocks=override_num_blocks, **(ray_args or {})
     )
-    return ray.data.read_datasource(source, override_num_blocks=override_num_blocks, **ray_args)
 
 
 def windows_from_items(
-    sources: str | Path | Sequence[str | Path], *, epoch: int = 0, **loader_kwargs: Any
+    sources: str | Path | Sequence[str | Path],
+    config: LoaderConfig | None = None,
+    *,
+    epoch: int = 0,
+    **settings: Any,
 ) -> ray.data.Dataset:
     """The same rows via `ray.data.from_items` + `map_batches` (ids first, then reads)."""
-    loader = WindowLoader(sources, batch_size=1, rank=0, world_size=1, **loader_kwargs)
+    cfg = LoaderConfig.of(config, **settings).replace(batch_size=1)
+    loader = WindowLoader(sources, cfg, rank=0, world_size=1)
     loader.set_epoch(epoch)
     items: Iterable[dict[str, int]] = ({"window": int(i)} for i in loader.order())
 

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from egosynth.data.core import (
+    LoaderConfig,
     WindowLoader,
     epoch_order,
     used_windows,
@@ -55,26 +56,27 @@ def _dist_rank_world(rank: int | None, world_size: int | None) -> tuple[int | No
 class WindowIterableDataset(IterableDataset):
     """Batches of windows for this rank, split across DataLoader workers.
 
-    Takes WindowLoader's keyword arguments (length, stride, skip, fields, eyes, batch_size,
-    shuffle, seed, block, drop_last, rank, world_size, cache_bytes, live, ...). Use it with
-    `WindowDataLoader` (or a DataLoader with `batch_size=None`).
+    Takes a LoaderConfig (and/or its settings by name: length, stride, batch_size, seed, ...)
+    and this process's rank / world_size (default: torch.distributed's, else the
+    environment's). Use it with `WindowDataLoader` (or a DataLoader with `batch_size=None`).
     """
 
     def __init__(
         self,
         sources: str | Path | Sequence[str | Path] | None = None,
+        config: LoaderConfig | None = None,
         *,
         loader: WindowLoader | None = None,
-        **kwargs: Any,
+        rank: int | None = None,
+        world_size: int | None = None,
+        **settings: Any,
     ) -> None:
         super().__init__()
         if loader is None:
             if sources is None:
                 raise EgosynthError("WindowIterableDataset: give sources or a WindowLoader")
-            kwargs["rank"], kwargs["world_size"] = _dist_rank_world(
-                kwargs.get("rank"), kwargs.get("world_size")
-            )
-            loader = WindowLoader(sources, **kwargs)
+            rank, world_size = _dist_rank_world(rank, world_size)
+            loader = WindowLoader(sources, config, rank=rank, world_size=world_size, **settings)
         self.loader = loader
         # (epoch, offset, batches_done) in shared memory: DataLoader workers hold a copy of
         # the loader made when they started (persistent workers: once), so each pass tells
@@ -180,11 +182,21 @@ class WindowDataset(Dataset):
     Pair it with `EpochSampler` (or DistributedSampler) and a DataLoader with a batch_size.
     """
 
-    def __init__(self, sources: str | Path | Sequence[str | Path], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        sources: str | Path | Sequence[str | Path],
+        config: LoaderConfig | None = None,
+        **settings: Any,
+    ) -> None:
         for bad in ("batch_size", "live", "rank", "world_size"):
-            if bad in kwargs:
+            if bad in settings:
                 raise EgosynthError(f"WindowDataset: {bad} is not an argument of a map dataset")
-        self.windows = WindowLoader(sources, batch_size=1, shuffle=False, **kwargs)
+        cfg = LoaderConfig.of(config, **settings)
+        if cfg.live:
+            raise EgosynthError("WindowDataset: live = True: a map dataset needs a fixed length")
+        # item i is window i: the sampler orders and batches (a config's shuffle and
+        # batch_size are the sampler's and the DataLoader's business here)
+        self.windows = WindowLoader(sources, cfg.replace(batch_size=1, shuffle=False))
 
     def __len__(self) -> int:
         return len(self.windows.index)

@@ -50,7 +50,7 @@ class ImageAdapter(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x / 255.0
         if self.size is not None and tuple(x.shape[-2:]) != self.size:
-            # "area" is what the trainer resizes frames with (egosynth.train.loop).
+            # "area" is what the trainer resizes frames with (egosynth.train.model).
             x = F.interpolate(x, size=self.size, mode="area")
         return x
 

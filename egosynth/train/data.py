@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -138,3 +139,100 @@ def batch_categories(batch: dict, table: CategoryTable) -> torch.Tensor:
     for i, scene in enumerate(batch["scene"]):
         out[i] = frame_categories(inst[i].reshape(t, -1), table.by_scene.get(scene, {}))
     return torch.from_numpy(out)
+
+
+MIN_OBJECT_FRACTION = 30 / (128 * 96)  # least share of a frame an object needs to be probed
+
+
+@dataclass
+class ProbeData:
+    """Held-out diagnostics inputs: windows (N, T, E, H, W, 3) uint8 with per-frame category
+    (N, T) (-1 = no object) of training clips and held-out clips (eta, rank, next-frame error),
+    and object crops (M, E, h, w, 3) uint8 with their categories (M,) of training clips (to fit
+    the linear probe) and held-out clips (to score it). Without crops the probe falls back to
+    whole frames labelled by their dominant object."""
+
+    train_rgb: torch.Tensor
+    train_cat: torch.Tensor
+    heldout_rgb: torch.Tensor
+    heldout_cat: torch.Tensor
+    train_crops: torch.Tensor | None = None
+    train_crop_cat: torch.Tensor | None = None
+    heldout_crops: torch.Tensor | None = None
+    heldout_crop_cat: torch.Tensor | None = None
+
+
+def probe_from_store(
+    path: str | Path,
+    train_ids: list[str],
+    held_ids: list[str],
+    window: int,
+    limit: int,
+    size: tuple[int, int] | None = None,
+    max_crops: int = 2000,
+) -> ProbeData | None:
+    """Diagnostics data of the training and held-out clips: up to `limit` non-overlapping
+    windows per split, spread evenly over its clips and labelled by each frame's dominant
+    object; and object crops (`diagnostics.object_crops`, resized to `size` (w, h), the
+    store's frame size when None) of every frame of the split's clips, at most `max_crops`
+    per split (evenly spaced). None when there is no held-out clip."""
+    from egosynth.train.diagnostics import object_crops
+
+    if not held_ids or not train_ids:
+        return None
+    table = CategoryTable.from_store(open_store(path))
+
+    def collect(ids: list[str]) -> tuple[torch.Tensor, ...]:
+        src = StoreWindows(path, ids, window, window, 1, shuffle=False, drop_last=False)
+        batches = list(src)
+        # Evenly spaced windows: the first `limit` in order would all come from one clip.
+        keep = np.unique(np.linspace(0, len(batches) - 1, min(limit, len(batches))).round())
+        rgb = torch.cat([batches[int(i)]["rgb"] for i in keep])
+        cat = torch.cat([batch_categories(batches[int(i)], table) for i in keep])
+        crops, labels = [], []
+        for cid in ids:
+            first = src.rgb[cid]
+            wh = size or (first.shape[-2], first.shape[-3])
+            ids_to_cat = table.by_scene.get(src.scene[cid], {})
+            # 30 pixels of a 128x96 frame: an object big enough to recognise, at any size.
+            least = max(2, round(MIN_OBJECT_FRACTION * first.shape[-3] * first.shape[-2]))
+            c, y = object_crops(first, src.instance[cid], ids_to_cat, wh, min_pixels=least)
+            crops.append(c)
+            labels.append(y)
+        all_crops, all_labels = np.concatenate(crops), np.concatenate(labels)
+        if len(all_labels) > max_crops:
+            pick = np.linspace(0, len(all_labels) - 1, max_crops).round().astype(int)
+            all_crops, all_labels = all_crops[pick], all_labels[pick]
+        return rgb, cat, torch.from_numpy(all_crops), torch.from_numpy(all_labels)
+
+    tr, tc, tcr, tcy = collect(train_ids)
+    hr, hc, hcr, hcy = collect(held_ids)
+    if len(hcy) == 0 or len(torch.unique(tcy)) < 2:  # too few objects: whole-frame probe
+        return ProbeData(tr, tc, hr, hc)
+    return ProbeData(tr, tc, hr, hc, tcr, tcy, hcr, hcy)
+
+
+def store_loader(
+    store: str | Path,
+    clip_ids: Sequence[str],
+    device: torch.device,
+    config: Any,
+    workers: int = 0,
+) -> Any:
+    """The streaming loader (egosynth.data) over `clip_ids` of the store with `config` (a
+    LoaderConfig; rgb and, for foveal training, the gaze fields): sharded by rank (from
+    torchrun's environment), resumable through its state_dict, full batches only (batch
+    statistics, BatchNorm and SFA constraints, want them)."""
+    from egosynth.data.core import ClipInfo
+    from egosynth.data.torch import WindowDataLoader, WindowIterableDataset
+
+    opened = open_store(store)
+    clips = [ClipInfo(0, cid, opened.clip(cid).n_frames) for cid in clip_ids]
+    dataset = WindowIterableDataset(store, config, drop_last=True, clips=clips)
+    if len(dataset) == 0:
+        c = dataset.loader.config
+        raise EgosynthError(
+            f"{store}: the training clips give no full batch of --batch-size {c.batch_size} "
+            f"windows (--window {c.length}, --stride {c.stride})"
+        )
+    return WindowDataLoader(dataset, num_workers=workers, pin_memory=device.type == "cuda")

@@ -10,22 +10,21 @@ already consumed (or calls `load_state_dict` when the iterable has `state_dict`)
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from egosynth.errors import EgosynthError
 from egosynth.train import checkpoint as ckpt
+from egosynth.train.config import TrainConfig
+from egosynth.train.data import ProbeData
 from egosynth.train.diagnostics import (
     effective_rank,
     eta_values,
@@ -33,201 +32,7 @@ from egosynth.train.diagnostics import (
     next_frame_errors,
     wilson_interval,
 )
-from egosynth.train.encoders import Encoder, EncoderConfig
-from egosynth.train.losses import SlowConfig, SlowLoss, prednet_loss
-from egosynth.train.predictive import LatentPredictor, PredNet
-
-OBJECTIVES = ("slow", "latent", "pixel")
-ALIASES = {"predictive": ("latent", "pixel"), "predictive-latent": ("latent",),
-           "predictive-pixel": ("pixel",)}  # fmt: skip
-AMP_MODES = ("auto", "off", "bf16", "fp16")
-MIN_OBJECT_FRACTION = 30 / (128 * 96)  # least share of a frame an object needs to be probed
-
-
-def parse_objectives(names: Iterable[str]) -> tuple[str, ...]:
-    """Objective names (comma lists allowed, aliases expanded) in canonical order."""
-    chosen: set[str] = set()
-    for item in names:
-        for name in filter(None, (s.strip() for s in str(item).split(","))):
-            if name in ALIASES:
-                chosen.update(ALIASES[name])
-            elif name in OBJECTIVES:
-                chosen.add(name)
-            else:
-                raise EgosynthError(
-                    f"--objective = {name!r}: expected one of {[*OBJECTIVES, *ALIASES]}"
-                )
-    if not chosen:
-        raise EgosynthError("--objective: choose at least one objective")
-    return tuple(o for o in OBJECTIVES if o in chosen)
-
-
-@dataclass
-class TrainConfig:
-    objectives: tuple[str, ...] = ("slow",)
-    steps: int = 200
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup: int = 10
-    schedule: str = "cosine"  # or "constant"
-    grad_clip: float = 5.0
-    amp: str = "auto"
-    device: str = "auto"
-    seed: int = 0
-    size: tuple[int, int] | None = (64, 48)  # (width, height) frames are resized to
-    fovea: float = 0.0  # > 0: train on foveal crops this fraction of the frame height tall
-    augment: tuple[str, ...] = ()  # "crop", "colour": per-frame training augmentations
-    deterministic: bool = False
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    slow: SlowConfig = field(default_factory=SlowConfig)
-    latent_context: str = "gru"
-    latent_hidden: int = 128
-    horizons: tuple[int, ...] = (1, 3)
-    temperature: float = 0.1
-    pixel_channels: tuple[int, ...] = (3, 16, 32)
-    weights: dict[str, float] = field(default_factory=lambda: {o: 1.0 for o in OBJECTIVES})
-    log_every: int = 10
-    ckpt_every: int = 100
-    diag_every: int = 100
-    keep_checkpoints: int = 2
-    tensorboard: bool = True
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        self.objectives = parse_objectives(self.objectives)
-        if self.amp not in AMP_MODES:
-            raise EgosynthError(f"--amp = {self.amp!r}: expected one of {list(AMP_MODES)}")
-        if self.schedule not in ("cosine", "constant"):
-            raise EgosynthError(f"--schedule = {self.schedule!r}: expected cosine or constant")
-        if self.steps < 1:
-            raise EgosynthError(f"--steps = {self.steps}: must be >= 1")
-        from egosynth.train.fovea import check_fraction
-
-        self.fovea = check_fraction(self.fovea)
-        from egosynth.train.augment import parse_augment
-
-        self.augment = parse_augment(self.augment)
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["encoder"] = self.encoder.to_json()
-        d["slow"] = self.slow.to_json()
-        return json.loads(json.dumps(d))  # tuples -> lists: equal to what a checkpoint holds
-
-    def model_json(self) -> dict[str, Any]:
-        """The part of the config that fixes the shapes of the weights (checked on resume)."""
-        d = self.to_json()
-        keys = ("objectives", "encoder", "latent_context", "latent_hidden", "horizons",
-                "pixel_channels")  # fmt: skip
-        return {k: d[k] for k in keys}
-
-
-# --------------------------------------------------------------------------- batches
-def frames_from_batch(
-    batch: Any,
-    size: tuple[int, int] | None,
-    device: torch.device,
-    fovea: float = 0.0,
-    augment: tuple[str, ...] = (),
-) -> Tensor:
-    """uint8 rgb of a batch -> float (B, T, E, 3, h, w) in [0, 1] on `device`, resized.
-
-    `fovea` > 0: each eye's frame is first cut to the foveal window around the batch's
-    fixation point (`egosynth.train.fovea`). `augment` ("crop", "colour"): random
-    augmentations drawn per frame and eye (`egosynth.train.augment`; training batches only).
-    """
-    rgb = batch["rgb"] if isinstance(batch, dict) else batch
-    if not isinstance(rgb, Tensor):
-        rgb = torch.as_tensor(rgb)
-    if rgb.dim() != 6:
-        raise EgosynthError(f"batch: rgb must be (B, T, E, H, W, 3), got {tuple(rgb.shape)}")
-    if rgb.shape[-1] == 3 and rgb.shape[-3] != 3:
-        rgb = rgb.permute(0, 1, 2, 5, 3, 4)
-    rgb = rgb.to(device, non_blocking=True)
-    x = rgb.float() / 255.0 if rgb.dtype == torch.uint8 else rgb.float()
-    b, t, e, c, h, w = x.shape
-    out = size or (w, h)
-    if fovea > 0 or "crop" in augment:
-        from egosynth.train import augment as aug
-        from egosynth.train.fovea import fovea_boxes, foveate, gaze_boxes
-
-        if fovea > 0:
-            boxes = gaze_boxes(batch, tuple(x.shape), fovea, out, device)
-        else:  # the whole frame (the largest centred window of the output's aspect ratio)
-            centre = torch.tensor([[w / 2, h / 2]], device=device).expand(b * t * e, 2)
-            boxes = fovea_boxes(centre, (h, w), 1.0, out)
-        if "crop" in augment:
-            boxes = aug.random_subboxes(boxes)
-        y = foveate(x.reshape(-1, c, h, w), boxes, out)
-        if "crop" in augment:
-            y = aug.random_flip(y)
-    elif size is not None and (w, h) != tuple(size):
-        y = F.interpolate(x.reshape(-1, c, h, w), size=(size[1], size[0]), mode="area")
-    else:
-        y = x.reshape(-1, c, h, w)
-    if "colour" in augment:
-        from egosynth.train.augment import colour_jitter
-
-        y = colour_jitter(y)
-    return y.reshape(b, t, e, c, out[1], out[0]).contiguous()
-
-
-# --------------------------------------------------------------------------- model
-class TrainModel(nn.Module):
-    """All trainable parts of the chosen objectives; forward returns (loss, parts)."""
-
-    def __init__(self, cfg: TrainConfig, distributed: bool = False) -> None:
-        super().__init__()
-        self.cfg = cfg
-        obj = cfg.objectives
-        self.encoder = Encoder(cfg.encoder) if {"slow", "latent"} & set(obj) else None
-        self.slow = SlowLoss(cfg.slow) if "slow" in obj else None
-        self.latent = (
-            LatentPredictor(
-                cfg.encoder.out_dim,
-                cfg.latent_hidden,
-                cfg.latent_context,
-                cfg.horizons,
-                cfg.temperature,
-                gather_distributed=distributed,
-            )
-            if "latent" in obj
-            else None
-        )
-        self.prednet = PredNet(cfg.pixel_channels) if "pixel" in obj else None
-
-    def embed(self, frames: Tensor) -> tuple[Tensor, Tensor]:
-        """frames (B, T, E, 3, H, W) -> per-eye (B, T, E', D), fused (B, T, D_f)."""
-        assert self.encoder is not None
-        b, t = frames.shape[:2]
-        per_eye, fused = self.encoder(frames.flatten(0, 1))
-        return per_eye.view(b, t, *per_eye.shape[1:]), fused.view(b, t, -1)
-
-    def pixel_input(self, frames: Tensor) -> Tensor:
-        """The eyes the encoder config selects, each eye an independent sequence."""
-        x = frames[:, :, list(self.cfg.encoder.eye_indices)]
-        return x.transpose(1, 2).flatten(0, 1)  # (B * E', T, 3, H, W)
-
-    def forward(self, frames: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        w = self.cfg.weights
-        total = frames.new_zeros(())
-        parts: dict[str, Tensor] = {}
-        if self.encoder is not None:
-            per_eye, fused = self.embed(frames)
-            if self.slow is not None:
-                loss, p = self.slow(per_eye.float())
-                total = total + w.get("slow", 1.0) * loss
-                parts.update({"slow": loss, **{f"slow/{k}": v for k, v in p.items()}})
-            if self.latent is not None:
-                loss, p = self.latent(fused.float())
-                total = total + w.get("latent", 1.0) * loss
-                parts.update({"latent": loss, **{f"latent/{k}": v for k, v in p.items()}})
-        if self.prednet is not None:
-            _, errors = self.prednet(self.pixel_input(frames))
-            loss = prednet_loss([e.float() for e in errors])
-            total = total + w.get("pixel", 1.0) * loss
-            parts["pixel"] = loss
-        return total, {k: v.detach() for k, v in parts.items()}
+from egosynth.train.model import TrainModel, frames_from_batch
 
 
 # --------------------------------------------------------------------------- distributed
@@ -276,25 +81,6 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     if mode == "bf16" or torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float16
-
-
-# --------------------------------------------------------------------------- probe data
-@dataclass
-class ProbeData:
-    """Held-out diagnostics inputs: windows (N, T, E, H, W, 3) uint8 with per-frame category
-    (N, T) (-1 = no object) of training clips and held-out clips (eta, rank, next-frame error),
-    and object crops (M, E, h, w, 3) uint8 with their categories (M,) of training clips (to fit
-    the linear probe) and held-out clips (to score it). Without crops the probe falls back to
-    whole frames labelled by their dominant object."""
-
-    train_rgb: Tensor
-    train_cat: Tensor
-    heldout_rgb: Tensor
-    heldout_cat: Tensor
-    train_crops: Tensor | None = None
-    train_crop_cat: Tensor | None = None
-    heldout_crops: Tensor | None = None
-    heldout_crop_cat: Tensor | None = None
 
 
 # --------------------------------------------------------------------------- trainer
@@ -598,97 +384,6 @@ class Trainer:
         return self.history
 
 
-# --------------------------------------------------------------------------- CLI glue
-def probe_from_store(
-    path: str | Path,
-    train_ids: list[str],
-    held_ids: list[str],
-    window: int,
-    limit: int,
-    size: tuple[int, int] | None = None,
-    max_crops: int = 2000,
-) -> ProbeData | None:
-    """Diagnostics data of the training and held-out clips: up to `limit` non-overlapping
-    windows per split, spread evenly over its clips and labelled by each frame's dominant
-    object; and object crops (`diagnostics.object_crops`, resized to `size` (w, h), the
-    store's frame size when None) of every frame of the split's clips, at most `max_crops`
-    per split (evenly spaced). None when there is no held-out clip."""
-    from egosynth.train.data import CategoryTable, StoreWindows, batch_categories, open_store
-    from egosynth.train.diagnostics import object_crops
-
-    if not held_ids or not train_ids:
-        return None
-    table = CategoryTable.from_store(open_store(path))
-
-    def collect(ids: list[str]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        src = StoreWindows(path, ids, window, window, 1, shuffle=False, drop_last=False)
-        batches = list(src)
-        # Evenly spaced windows: the first `limit` in order would all come from one clip.
-        keep = np.unique(np.linspace(0, len(batches) - 1, min(limit, len(batches))).round())
-        rgb = torch.cat([batches[int(i)]["rgb"] for i in keep])
-        cat = torch.cat([batch_categories(batches[int(i)], table) for i in keep])
-        crops, labels = [], []
-        for cid in ids:
-            first = src.rgb[cid]
-            wh = size or (first.shape[-2], first.shape[-3])
-            ids_to_cat = table.by_scene.get(src.scene[cid], {})
-            # 30 pixels of a 128x96 frame: an object big enough to recognise, at any size.
-            least = max(2, round(MIN_OBJECT_FRACTION * first.shape[-3] * first.shape[-2]))
-            c, y = object_crops(first, src.instance[cid], ids_to_cat, wh, min_pixels=least)
-            crops.append(c)
-            labels.append(y)
-        all_crops, all_labels = np.concatenate(crops), np.concatenate(labels)
-        if len(all_labels) > max_crops:
-            pick = np.linspace(0, len(all_labels) - 1, max_crops).round().astype(int)
-            all_crops, all_labels = all_crops[pick], all_labels[pick]
-        return rgb, cat, torch.from_numpy(all_crops), torch.from_numpy(all_labels)
-
-    tr, tc, tcr, tcy = collect(train_ids)
-    hr, hc, hcr, hcy = collect(held_ids)
-    if len(hcy) == 0 or len(torch.unique(tcy)) < 2:  # too few objects: whole-frame probe
-        return ProbeData(tr, tc, hr, hc)
-    return ProbeData(tr, tc, hr, hc, tcr, tcy, hcr, hcy)
-
-
-def config_from_args(args: Any) -> TrainConfig:
-    enc = EncoderConfig(
-        arch=args.arch,
-        width=args.width,
-        layers=args.layers,
-        embed_dim=args.embed_dim,
-        eyes=args.eyes,
-        fusion=args.fusion,
-    )
-    slow = SlowConfig(constraint=args.constraint, stereo=args.stereo_weight)
-    return TrainConfig(
-        objectives=tuple(args.objective or ("slow",)),
-        steps=args.steps,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup=args.warmup,
-        schedule=args.schedule,
-        grad_clip=args.grad_clip,
-        amp=args.amp,
-        device=args.device,
-        seed=args.seed,
-        size=args.size,
-        fovea=args.fovea,
-        augment=args.augment,
-        deterministic=args.deterministic,
-        encoder=enc,
-        slow=slow,
-        latent_context=args.context,
-        horizons=tuple(args.horizons),
-        temperature=args.temperature,
-        pixel_channels=tuple(args.pixel_channels),
-        log_every=args.log_every,
-        ckpt_every=args.ckpt_every,
-        diag_every=args.diag_every,
-        tensorboard=not args.no_tensorboard,
-        progress=not args.no_progress,
-    )
-
-
 def summarise(trainer: Trainer) -> dict[str, Any]:
     """Last losses (mean of the last 10 steps), first and last diagnostics, speed."""
     steps = [h for h in trainer.history if "loss" in h]
@@ -713,69 +408,3 @@ def summarise(trainer: Trainer) -> dict[str, Any]:
     if trainer.out is not None:
         out["out"] = str(trainer.out)
     return out
-
-
-def store_loader(args: Any, clip_ids: list[str], device: torch.device) -> Any:
-    """The streaming loader (egosynth.data) over `clip_ids` of the store: rgb only, sharded by
-    rank (from torchrun's environment), resumable through its state_dict."""
-    from egosynth.data.core import ClipInfo
-    from egosynth.data.torch import WindowDataLoader, WindowIterableDataset
-    from egosynth.train.data import open_store
-    from egosynth.train.fovea import FOVEA_FIELDS
-
-    store = open_store(args.store)
-    clips = [ClipInfo(0, cid, store.clip(cid).n_frames) for cid in clip_ids]
-    dataset = WindowIterableDataset(
-        args.store,
-        length=args.window,
-        stride=args.stride,
-        skip=args.skip,
-        fields=("rgb", *(FOVEA_FIELDS if getattr(args, "fovea", 0.0) > 0 else ())),
-        batch_size=args.batch_size,
-        seed=args.seed,
-        drop_last=True,  # batch statistics (BatchNorm, SFA constraints) want full batches
-        clips=clips,
-    )
-    if len(dataset) == 0:
-        raise EgosynthError(
-            f"{args.store}: the training clips give no full batch of --batch-size "
-            f"{args.batch_size} windows (--window {args.window}, --stride {args.stride})"
-        )
-    return WindowDataLoader(dataset, num_workers=args.workers, pin_memory=device.type == "cuda")
-
-
-def run_from_args(args: Any) -> dict[str, Any]:
-    """`egosynth train`: store -> train/held-out split -> Trainer.fit -> summary."""
-    from egosynth.train.data import open_store, split_clips
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = config_from_args(args)
-    store = open_store(args.store)
-    ids = store.clip_ids()
-    if not ids:
-        raise EgosynthError(f"{args.store}: no complete clips")
-    scene_of = {c: store.clip(c).scene for c in ids}
-    train_ids, held_ids = split_clips(ids, [scene_of[c] for c in ids])
-    if getattr(args, "validation", False):
-        # Choose settings on validation clips carved out of the training clips by the same
-        # rule; the held-out clips are then neither trained on nor scored.
-        train_ids, held_ids = split_clips(train_ids, [scene_of[c] for c in train_ids])
-        if not held_ids:
-            raise EgosynthError(
-                f"{args.store}: --validation needs a scene with >= 3 clips (train, validation, "
-                "held out)"
-            )
-    device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
-    data = store_loader(args, train_ids, device)
-    probe = None
-    if cfg.diag_every:
-        probe = probe_from_store(
-            args.store, train_ids, held_ids, args.window, args.probe_windows, size=cfg.size
-        )
-    trainer = Trainer(cfg, data, out=args.out, probe=probe)
-    trainer.fit(resume=args.resume)
-    summary = summarise(trainer)
-    scored = "validation_clips" if getattr(args, "validation", False) else "heldout_clips"
-    summary.update({"train_clips": train_ids, scored: held_ids})
-    return summary
