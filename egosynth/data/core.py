@@ -41,7 +41,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -714,9 +715,7 @@ class LoaderConfig:
     def of(cls, config: LoaderConfig | None = None, **changes: Any) -> LoaderConfig:
         """`config` (default: the defaults) with `changes`; a name that is not a setting is
         refused in one line."""
-        import dataclasses
-
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclass_fields(cls)}
         unknown = sorted(set(changes) - names)
         if unknown:
             raise EgosynthError(
@@ -724,7 +723,7 @@ class LoaderConfig:
             )
         if config is not None and not isinstance(config, LoaderConfig):
             raise EgosynthError(f"loader: config = {config!r:.60}: not a LoaderConfig")
-        return dataclasses.replace(config or cls(), **changes)
+        return replace(config or cls(), **changes)
 
 
 class WindowLoader:

@@ -105,6 +105,13 @@ def _colour(col: NDArray, gx: float, gy: float, gz: float, out: NDArray) -> floa
     return known
 
 
+@njit(cache=True, fastmath=True, inline="always")
+def _colour_at(colour, o, d, t, lo, sc, out):  # fmt: skip
+    """`_colour` at distance t along the ray o + t d (sc: colour-grid points per unit)."""
+    return _colour(colour, (o[0] + d[0] * t - lo[0]) * sc[0], (o[1] + d[1] * t - lo[1]) * sc[1],
+                   (o[2] + d[2] * t - lo[2]) * sc[2], out)  # fmt: skip
+
+
 @njit(cache=True, fastmath=True)
 def _span(o: NDArray, d: NDArray, lo: NDArray, hi: NDArray, near: float) -> tuple[float, bool]:
     """Where a ray leaves the box, and whether its origin is inside it (BakedGrid.span)."""
@@ -284,17 +291,13 @@ def _march_ray(ray, o, d, near, dq, ld_step, lo, hi, samples, n_colour, max_esca
     least = 1.0
     for k in range(n_colour):
         t = places[k + 1]
-        kn = _colour(colour, (o[ray, 0] + d[ray, 0] * t - lo[0]) * sc[0],
-                     (o[ray, 1] + d[ray, 1] * t - lo[1]) * sc[1],
-                     (o[ray, 2] + d[ray, 2] * t - lo[2]) * sc[2], c)  # fmt: skip
+        kn = _colour_at(colour, o[ray], d[ray], t, lo, sc, c)
         least = min(least, kn)
         for a in range(3):
             mean[a] += c[a] / n_colour
     rest0, rest1, rest2 = c[0], c[1], c[2]  # the last quantile's colour
     if far:
-        kn = _colour(colour, (o[ray, 0] + d[ray, 0] * t_b - lo[0]) * sc[0],
-                     (o[ray, 1] + d[ray, 1] * t_b - lo[1]) * sc[1],
-                     (o[ray, 2] + d[ray, 2] * t_b - lo[2]) * sc[2], c)  # fmt: skip
+        kn = _colour_at(colour, o[ray], d[ray], t_b, lo, sc, c)
         if kn >= min_known:
             rest0, rest1, rest2 = c[0], c[1], c[2]
     out_rgb[ray, 0] = mean[0] * acc + (1.0 - acc) * rest0

@@ -53,7 +53,7 @@ FLOOR_BAND_M = 0.02
 # field sampled where the baked density grid puts the weight, or the baked grids alone.
 RENDER_MODES = ("full", "guided", "baked")
 # The mode a scene gets when its config names none and its bundle is baked: baked, which on
-# the committed CPU bundles is 2-3x faster than guided and within 0.3 dB of it against the
+# the committed CPU bundles is ~5x faster than guided and within 0.3 dB of it against the
 # mesh ground truth (docs/nerf_modes.md).
 DEFAULT_BAKED_MODE = "baked"
 # Rays per chunk on CPU, per mode (4 views 128x96, 2 threads): the field prefers small chunks

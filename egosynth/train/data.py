@@ -17,13 +17,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from egosynth.errors import EgosynthError
 from egosynth.plan import split_clips  # noqa: F401  (re-exported: the trainer's split)
+
+if TYPE_CHECKING:
+    from egosynth.data.core import LoaderConfig
 
 
 def open_store(path: str | Path):
@@ -216,7 +219,7 @@ def store_loader(
     store: str | Path,
     clip_ids: Sequence[str],
     device: torch.device,
-    config: Any,
+    config: LoaderConfig,
     workers: int = 0,
 ) -> Any:
     """The streaming loader (egosynth.data) over `clip_ids` of the store with `config` (a
