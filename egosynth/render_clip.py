@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from egosynth.config import SceneSetConfig
 from egosynth.labels import Label
 from egosynth.plan import ClipPlan, clip_trajectory, plan_clips
 from egosynth.render.base import Renderer
+from egosynth.store.schema import LabelTable
 
 
 @dataclass
@@ -61,13 +62,8 @@ def store_attrs(sset: SceneSetConfig) -> dict[str, Any]:
 
 
 def labels_json(labels: list[Label]) -> list[dict[str, Any]]:
-    """A renderer's label table as JSON (part ids become string keys)."""
-    out = []
-    for lab in labels:
-        d = asdict(lab)
-        d["parts"] = {str(k): v for k, v in lab.parts.items()}
-        out.append(d)
-    return out
+    """A renderer's label table as the store records it (`egosynth.store.LabelTable`)."""
+    return LabelTable.from_labels(labels).to_json()
 
 
 def clip_intrinsics(sset: SceneSetConfig) -> np.ndarray:

@@ -228,7 +228,7 @@ def test_default_chunk_frames_targets_one_mebibyte(h: int, w: int, want: int) ->
 
 
 # --------------------------------------------------------------------------- direct chunk I/O
-# Local stores read and write chunk files directly (egosynth.store._Direct); zarr stays the
+# Local stores read and write chunk files directly (egosynth.store._fast); zarr stays the
 # reference: the direct path must give exactly zarr's values and write exactly zarr's bytes.
 ODD = [10, 7, 4]  # chunk 4: a padded last chunk (10, 7) and an exact one (4)
 
@@ -409,10 +409,10 @@ def _corrupt(path: Path, cid: str, name: str, how: str) -> None:
         body = bytes(numcodecs.Blosc("lz4", 5, 1, 0, 1).encode(np.zeros(7, np.uint8)))
         data = body + google_crc32c.value(body).to_bytes(4, "little")
     else:  # a valid shard of 7-byte frames, every checksum right: the frame-size check
-        from egosynth.store import _Frames
+        from egosynth.store._fast import Frames
 
         tmp = path.parent / "other"
-        _Frames(tmp, (4, 7), 4, np.dtype("uint8"), np.uint8(0)).write(0, np.ones((4, 7)), set())
+        Frames(tmp, (4, 7), 4, np.dtype("uint8"), np.uint8(0)).write(0, np.ones((4, 7)), set())
         data = (tmp / "c" / "0" / "0").read_bytes()
     chunk.write_bytes(data)
 
@@ -568,8 +568,8 @@ def test_stored_chunks_read_straight_into_the_buffer_and_are_checked(tmp_path: P
 
 @pytest.fixture
 def crc_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Byte counts of the crc32c computations egosynth.store makes from now on."""
-    import egosynth.store as store_mod
+    """Byte counts of the crc32c computations the store's fast path makes from now on."""
+    import egosynth.store._fast as store_mod
 
     calls: list[int] = []
     real = store_mod.crc32c.crc32c
@@ -610,19 +610,19 @@ def test_raw_frames_are_checked_once_per_version_of_their_file(
 def test_a_forked_child_starts_with_no_shard_maps(holey_store: Path) -> None:
     import multiprocessing
 
-    import egosynth.store as store_mod
+    import egosynth.store._fast as store_mod
 
     ClipStore(holey_store).clip("holes").read(0, 10, ["rgb"])
-    assert len(store_mod._SHARDS._mapped) > 0
+    assert len(store_mod.SHARDS._mapped) > 0
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(1) as pool:
         assert pool.apply(_count_shard_maps) == 0
 
 
 def _count_shard_maps() -> int:
-    import egosynth.store as store_mod
+    import egosynth.store._fast as store_mod
 
-    return len(store_mod._SHARDS._mapped)
+    return len(store_mod.SHARDS._mapped)
 
 
 def _open_files_under(folder: Path) -> int:
@@ -643,10 +643,10 @@ def test_unmapped_shards_keep_their_checks_until_forgotten(
     holey_store: Path, monkeypatch: pytest.MonkeyPatch, crc_calls: list[int]
 ) -> None:
 
-    import egosynth.store as store_mod
+    import egosynth.store._fast as store_mod
 
-    assert 16 <= store_mod._map_limit() <= 1024
-    monkeypatch.setattr(store_mod, "_SHARDS", store_mod._ShardCache(states=2, maps=1))
+    assert 16 <= store_mod.map_limit() <= 1024
+    monkeypatch.setattr(store_mod, "SHARDS", store_mod.ShardCache(states=2, maps=1))
     calls = crc_calls
     frame = 2 * 5 * 6 * 3
     clip = ClipStore(holey_store).clip("reversed")
@@ -660,7 +660,7 @@ def test_unmapped_shards_keep_their_checks_until_forgotten(
     assert calls.count(frame) == 0  # states of shards 1 and 2 kept: checks remembered
     np.testing.assert_array_equal(clip.read(0, 4, ["rgb"])["rgb"], want[:4])
     assert calls.count(frame) == 4  # shard 0's state was dropped (limit 2): checked again
-    assert len(store_mod._SHARDS._mapped) == 1 and len(store_mod._SHARDS._states) == 2
+    assert len(store_mod.SHARDS._mapped) == 1 and len(store_mod.SHARDS._states) == 2
 
 
 def test_unknown_rgb_layout_is_a_one_line_error_and_writes_nothing(tmp_path: Path) -> None:
@@ -674,13 +674,13 @@ def test_unknown_rgb_layout_is_a_one_line_error_and_writes_nothing(tmp_path: Pat
 def test_overwriting_a_store_drops_its_shard_maps(
     sset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import egosynth.store as store_mod
+    import egosynth.store._fast as store_mod
 
     path = _new_store(sset, tmp_path / "o.zarr", clips=1)
     ClipStore(path).clip(ClipStore(path).clip_ids()[0]).read(0, 12, ["rgb"])
-    mine = [p for p in store_mod._SHARDS._states if p.startswith(f"{path.absolute()}/")]
-    assert mine and all(store_mod._SHARDS._states[p].data is not None for p in mine)
+    mine = [p for p in store_mod.SHARDS._states if p.startswith(f"{path.absolute()}/")]
+    assert mine and all(store_mod.SHARDS._states[p].data is not None for p in mine)
     monkeypatch.chdir(tmp_path)  # the same store named by a relative path
     prepare_store(Path("o.zarr"), config_fingerprint(sset), store_attrs(sset), overwrite=True)
-    assert not any(p.startswith(f"{path.absolute()}/") for p in store_mod._SHARDS._states)
-    assert not any(p.startswith(f"{path.absolute()}/") for p in store_mod._SHARDS._mapped)
+    assert not any(p.startswith(f"{path.absolute()}/") for p in store_mod.SHARDS._states)
+    assert not any(p.startswith(f"{path.absolute()}/") for p in store_mod.SHARDS._mapped)

@@ -35,6 +35,7 @@ from egosynth.labels import Label
 from egosynth.scenes.mesh import MeshBuilder, SceneMesh
 from egosynth.scenes.shapes import (
     CATEGORIES,
+    DIAGNOSTIC_PART,
     FAMILY_OF,
     FURNITURE_KINDS,
     PALETTES,
@@ -497,7 +498,8 @@ def build_mesh(lay: Layout) -> SceneMesh:
             ids[part] = part_id
         for p in pieces:
             b.add(p.mesh, p.material, instance=i, part=ids[p.part])
-        labels.append(Label(i, o.name, o.category, {v: k for k, v in ids.items()}))
+        parts = {v: k for k, v in ids.items()}
+        labels.append(Label(i, o.name, o.category, parts, DIAGNOSTIC_PART[o.category]))
     return b.build(lay.light, labels)
 
 
