@@ -231,6 +231,24 @@ def test_refined_march_places_a_thin_wall_finer_than_a_bin() -> None:
     assert abs(depths[0] - x_wall) < bin_len / 4
 
 
+def test_weighted_composite_is_the_importance_weighted_mean() -> None:
+    """Golden: guided weights each colour sample by field / grid density. Samples weighted
+    3:1 give the 3:1 mix; no weight at all falls back to equal shares; the light left over
+    (1 - acc) takes the exit colour either way."""
+    import torch
+
+    from egosynth.render.grid import March
+
+    c = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]] * 2)  # (2 rays, 2 samples, rgb)
+    acc = torch.tensor([1.0, 0.5])
+    m = March(acc, torch.ones(2, 1), torch.ones(2, 2), torch.ones(2), acc < 0, acc > 0)
+    rest = torch.tensor([[0.0, 0.0, 1.0]] * 2)
+    out = m.composite(c, rest, torch.tensor([[3.0, 1.0], [0.0, 0.0]]))["rgb"]
+    torch.testing.assert_close(out[0], torch.tensor([0.75, 0.25, 0.0]))
+    torch.testing.assert_close(out[1], torch.tensor([0.25, 0.25, 0.5]))
+    torch.testing.assert_close(m.composite(c, rest)["rgb"][1], out[1])
+
+
 def test_colour_table_fills_around_seen_points_and_weights_opaque_ones() -> None:
     """Fill: a point next to one coloured point gets its colour; weights: a point where the
     field is opaque outweighs one in empty space."""

@@ -63,9 +63,16 @@ class March:
     mid: Any = None  # (n, S) bin centres (torch path only)
     w: Any = None  # (n, S) compositing weights (torch path only)
 
-    def composite(self, c: Any, rest: Any) -> dict[str, Any]:
-        """Equal weight mass per colour sample, `rest` for the light left at the box exit."""
-        rgb = c.mean(1) * self.acc[:, None] + (1.0 - self.acc)[:, None] * rest
+    def composite(self, c: Any, rest: Any, weight: Any = None) -> dict[str, Any]:
+        """Colour samples c (n, K, 3) with equal weight mass each, or with relative weights
+        `weight` (n, K); `rest` for the light left at the box exit."""
+        if weight is None:
+            mean = c.mean(1)
+        else:
+            total = weight.sum(1, keepdim=True)
+            mean = (c * weight[..., None]).sum(1) / total.clamp_min(1e-12)
+            mean = mean.where(total > 0, c.mean(1))  # no weight at all: equal shares
+        rgb = mean * self.acc[:, None] + (1.0 - self.acc)[:, None] * rest
         return {"rgb": rgb, "depth": self.depth, "accumulation": self.acc[:, None]}
 
 

@@ -29,6 +29,7 @@ from egosynth.camera import distance_to_depth, opencv_to_opengl, unproject
 from egosynth.errors import EgosynthError
 from egosynth.labels import Label
 from egosynth.nerf.bundle import Bundle, BundleError, BundleMeta, model_from_scene, read_bundle
+from egosynth.nerf.lifted import LiftedMasks, has_masks, read_masks
 from egosynth.nerf.nerfstudio import build_model, pick_device
 from egosynth.render.base import Frames, batch_intrinsics
 from egosynth.render.grid import BakedGrid
@@ -250,6 +251,10 @@ class NerfRenderer:
             objects if objects is not None else (ann.objects if ann is not None else [])
         )
         self._chunk_rays = chunk_rays  # None: CHUNK_RAYS_CPU for the mode, or 64 k on GPUs
+        # Lifted masks (`egosynth scenes onboard`) label the objects they name; boxes the rest.
+        self.lifted: LiftedMasks | None = (
+            read_masks(bundle.root) if has_masks(bundle.root) else None
+        )
         self.model = build_model(bundle.meta, bundle.load_weights(), self.device, bundle.root)
         self.mode = "full"
         self._grid: BakedGrid | None = None
@@ -391,12 +396,17 @@ class NerfRenderer:
             frames.depth[i] = z
             if self.objects:
                 pts = unproject(uv, z, Ks[i], c2w[i])
-                frames.instance[i], frames.part[i] = label_surface_points(
-                    pts, surface[i], self.objects
-                )
+                frames.instance[i], frames.part[i] = self._label(pts, surface[i])
         return frames
 
     # ----------------------------------------------------------------- internals
+    def _label(self, pts: NDArray, surface: NDArray) -> tuple[NDArray, NDArray]:
+        """Instance and part ids of world surface points: lifted masks, else boxes."""
+        if self.lifted is None:
+            return label_surface_points(pts, surface, self.objects)
+        surface = surface & (pts[..., 2] >= FLOOR_BAND_M)
+        return self.lifted.label(pts, surface, self.objects, self.world_from_scene, MASK_MARGIN_M)
+
     def _render_rays(self, ray_bundle: Any) -> dict[str, Any]:
         """nerfacto's eval forward pass, computing colour only where it can show.
 
@@ -427,23 +437,28 @@ class NerfRenderer:
         """The field at GUIDED_FIELD_SAMPLES points per ray, placed by the baked density grid.
 
         The grid stands in for nerfacto's proposal networks (their cost is ~70 % of a full
-        render on CPU): weights, accumulation and the median depth come from a dense march
-        through the grid; the field's colour is evaluated at the weights' quantiles and
-        composited with equal mass each (stratified importance sampling of the colour
-        integral). Rays the grid cannot answer (origin outside it, or light escaping past its
-        far side) are rendered by full sampling.
+        render on CPU): accumulation and the median depth come from a dense march through the
+        grid; the field is evaluated at the grid weights' quantiles, so those points are drawn
+        from the grid's light distribution along the ray. Each sample's colour is weighted by
+        field density / grid density there (self-normalised importance sampling: the grid is
+        a blurred copy of the field, so a quantile that lands in the air just in front of a
+        surface, where the field is thin, counts less). The field's density comes free with
+        its colour. room_1, 4 views: 33.5 -> 35.2 dB against full (docs/nerf_modes.md).
+        Rays the grid cannot answer (origin outside it, or light escaping past its far side)
+        are rendered by full sampling.
         """
         grid = self._grid
         assert grid is not None
         o, d = rb.origins, rb.directions
         m = grid.march(o, d, float(self.model.config.near_plane))
-        c = self._field_rgb(o, d, m.t_colour)
+        c, density = self._field_at(o, d, m.t_colour)
+        weight = density / grid.density(o[:, None] + d[:, None] * m.t_colour[..., None])
         # what is left is coloured by the field at the box exit (where the grid stops
         # knowing), else by the last quantile, as nerfacto's "last_sample" background does
         rest = c[:, -1].clone()
         if bool(m.far.any()):
             rest[m.far] = self._field_rgb(o[m.far], d[m.far], m.t_exit[m.far, None])[:, 0]
-        return self._with_fallback(rb, m.ok, m.composite(c, rest))
+        return self._with_fallback(rb, m.ok, m.composite(c, rest, weight))
 
     def _render_baked(self, rb: Any) -> dict[str, Any]:
         """guided's march with the colour looked up in the baked colour table: no network.
@@ -476,12 +491,16 @@ class NerfRenderer:
 
     def _field_rgb(self, o: Any, d: Any, t: Any) -> Any:
         """The field's colour (n, k, 3) at distances t (n, k) along rays o + t d."""
+        return self._field_at(o, d, t)[0]
+
+    def _field_at(self, o: Any, d: Any, t: Any) -> tuple[Any, Any]:
+        """The field's colour (n, k, 3) and density (n, k) at distances t (n, k) along rays."""
         from nerfstudio.field_components.field_heads import FieldHeadNames
 
         samples = self._samples(o, d, t)
-        _, embedding = self.model.field.get_density(samples)
+        density, embedding = self.model.field.get_density(samples)
         out = self.model.field.get_outputs(samples, density_embedding=embedding)
-        return out[FieldHeadNames.RGB].float()
+        return out[FieldHeadNames.RGB].float(), density[..., 0].float()
 
     def _with_fallback(
         self, rb: Any, ok: Any, out: dict[str, Any], via: Callable[[Any], dict] | None = None
