@@ -207,15 +207,18 @@ def test_chunk_cache_is_lru_and_byte_bounded() -> None:
 
 
 # --------------------------------------------------------------------------- reading
+# Tests that read stores run with the store's fast path on and off (tests/conftest.py, "store
+# paths"): the fixtures below depend on `store_path`, and the tests that make their own store
+# ask for it.
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def store(tmp_path_factory: pytest.TempPathFactory, store_path: str) -> Path:
     path = tmp_path_factory.mktemp("data") / "s.zarr"
     write_store(path, LENGTHS, height=4, width=6, chunk_frames=4)
     return path
 
 
 @pytest.fixture(scope="module")
-def store2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def store2(tmp_path_factory: pytest.TempPathFactory, store_path: str) -> Path:
     path = tmp_path_factory.mktemp("data2") / "t.zarr"
     # rgb as Blosc chunks, where `store` has raw frames: batches mix the two layouts
     write_store(path, [9, 5], height=4, width=6, chunk_frames=3, rgb="lz4")
@@ -394,6 +397,7 @@ def test_one_loader_config_for_every_adapter(store: Path) -> None:
         cfg.replace(world_size=2)  # placement is each process's own, not configuration
 
 
+@pytest.mark.usefixtures("store_path")
 def test_incomplete_clips_are_not_indexed(tmp_path: Path) -> None:
     from egosynth.store import ClipWriter
 
@@ -406,6 +410,7 @@ def test_incomplete_clips_are_not_indexed(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- live mode
+@pytest.mark.usefixtures("store_path")
 @pytest.mark.parametrize("n_shards", [1, 2])
 def test_live_mode_follows_a_writer_and_yields_only_complete_clips(
     tmp_path: Path, n_shards: int

@@ -260,3 +260,31 @@ def test_mutual_information_bounds(pairs) -> None:
     # a full product grid is independent: MI exactly 0
     grid = [(i, j) for i in set(a) for j in set(b)]
     assert mutual_information([g[0] for g in grid], [g[1] for g in grid]) == pytest.approx(0)
+
+
+def test_the_diagnostic_part_comes_from_the_store_label_table() -> None:
+    """A label that records its diagnostic part is used as recorded (any category); one that
+    records none (stores written before labels carried it) falls back to the generator's."""
+    from egosynth.eval.twin import scene_objects
+    from egosynth.store.schema import LabelTable
+
+    recorded = [
+        {"instance_id": 1, "name": "u", "category": "unicorn", "parts": {"1": "horn", "2": "tail"},
+         "diagnostic_part": "horn"},
+        {"instance_id": 2, "name": "c", "category": "cat", "parts": {"3": "head", "4": "tail"},
+         "diagnostic_part": "tail"},
+    ]  # fmt: skip
+    objects = scene_objects(LabelTable.from_json(recorded), {})
+    assert [(o.instance_id, o.diagnostic_ids) for o in objects] == [(1, (1,)), (2, (4,))]
+    assert scene_objects(LabelTable.from_json(recorded), {"cat": "head"})[1].diagnostic_ids == (3,)
+    old = scene_objects(LabelTable.from_json(LABELS), {})  # no diagnostic_part: head, wheels
+    assert [o.diagnostic_ids for o in old] == [(2,), (4,)]
+
+
+def test_procedural_scenes_record_their_diagnostic_parts() -> None:
+    from egosynth.scenes.procedural import GeneratorConfig, build_mesh, generate_layout
+    from egosynth.scenes.shapes import DIAGNOSTIC_PART
+
+    labels = build_mesh(generate_layout(GeneratorConfig(name="d", seed=2), 0)).labels
+    assert labels and all(lab.diagnostic_part == DIAGNOSTIC_PART[lab.category] for lab in labels)
+    assert all(lab.diagnostic_part in lab.parts.values() for lab in labels)

@@ -24,8 +24,9 @@ Batch layout (leading B = windows in the batch, T = frames per window, E = selec
     window, clip, source, start (B,)  int64: global window id, clip position in the index,
                                       store position in `sources`, first frame of the window
 
-The store module (egosynth.store, the only zarr importer) is imported lazily, so the index
-and plan work without zarr installed.
+Array names come from the store's schema (egosynth.store.schema, pure Python); the store's
+reader (egosynth.store.reader, the only zarr importer) is imported lazily, so the index and
+plan work without zarr installed.
 """
 
 from __future__ import annotations
@@ -51,22 +52,23 @@ import numpy as np
 from numpy.typing import NDArray
 
 from egosynth.errors import EgosynthError
-
-# Per-frame arrays with an eye axis after time, per-frame arrays without one, and the one
-# per-clip array (intrinsics, with an eye axis first).
-IMAGE_FIELDS = ("rgb", "depth", "instance", "part")
-EYED_FRAME_FIELDS = (*IMAGE_FIELDS, "cam_to_world")
-FRAME_FIELDS = (
-    *EYED_FRAME_FIELDS,
-    "time",
-    "head_to_world",
-    "fixation_point",
-    "fixation_object",
-    "gaze_kind",
-    "walking",
+from egosynth.store.schema import (
+    ARRAY_NAMES,
+    CLIP_ARRAYS,
+    EYED_FRAME_ARRAYS,
+    FINISHED,
+    FRAME_ARRAYS,
+    IMAGE_ARRAYS,
 )
-CLIP_FIELDS = ("intrinsics",)
-ALL_FIELDS = (*FRAME_FIELDS, *CLIP_FIELDS)
+
+# The store's arrays, named once in egosynth.store.schema: the image arrays, the per-frame
+# arrays (those with an eye axis after time among them), and the one per-clip array
+# (intrinsics, with an eye axis first).
+IMAGE_FIELDS = tuple(IMAGE_ARRAYS)
+EYED_FRAME_FIELDS = EYED_FRAME_ARRAYS
+FRAME_FIELDS = FRAME_ARRAYS
+CLIP_FIELDS = CLIP_ARRAYS
+ALL_FIELDS = ARRAY_NAMES
 DEFAULT_FIELDS = ("rgb", "depth", "cam_to_world", "intrinsics", "time")
 ID_FIELDS = ("window", "clip", "source", "start")
 DEFAULT_CACHE_BYTES = 256 << 20
@@ -511,12 +513,12 @@ class WindowReader:
     ) -> list[Callable[[], None]]:
         """Jobs that decode chunks `missing` of an image array into `got` (chunk -> array)."""
         cf = self._chunk_frames(h, name)
-        # A local store's direct reads cost little per call: one chunk each, into a buffer of
-        # its own (eviction frees it whole; under 4 MiB, so numpy does not ask for huge pages,
-        # whose first-touch faults stalled for ms here). Through zarr (URLs), one read call per
-        # run of consecutive chunks: its per-call cost dominates small reads, and it decodes
-        # the chunks of one call concurrently.
-        if h.clip.folder is not None:
+        # A local store's direct reads (fast path on) cost little per call: one chunk each,
+        # into a buffer of its own (eviction frees it whole; under 4 MiB, so numpy does not ask
+        # for huge pages, whose first-touch faults stalled for ms here). Through zarr (URLs, or
+        # the fast path off), one read call per run of consecutive chunks: its per-call cost
+        # dominates small reads, and it decodes the chunks of one call concurrently.
+        if h.clip.direct:
             shape, dtype = h.clip.layout(name)
             jobs = []
             for c in missing:
@@ -1036,8 +1038,7 @@ class WindowLoader:
         started = self._started()
         if len(started) < len(self.reader.sources):
             return False
-        from egosynth.store import FINISHED  # "interrupted" too: stopped, marked on its way out
-
+        # FINISHED: "interrupted" too (stopped, marked on its way out)
         return all(self.reader.store(s).attrs.get("store_status") in FINISHED for s in started)
 
     def _read_live(self, windows: list[tuple[ClipInfo, int]]) -> dict[str, NDArray]:

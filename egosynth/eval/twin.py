@@ -6,8 +6,9 @@ Each sample is one object seen in one rendered frame:
              background stays in view), resized to 256x256 (uint8 RGB)
     label    the object's category, an index into the twin's category table (twin.json)
     heatmap  the "human" map: the object's DIAGNOSTIC part mask (the part that alone tells two
-             categories of a family apart, egosynth.scenes.shapes.DIAGNOSTIC_PART), Gaussian
-             blurred like a ClickMe click map, scaled to 0..255
+             categories of a family apart, as the store's label table records it: each
+             label's `diagnostic_part`), Gaussian blurred like a ClickMe click map, scaled
+             to 0..255
 
 The folder holds `train/` and `test/` splits of ClickMe files (per-image npz by default,
 or JPEG TFRecord shards exactly as ClickMe's), `twin.json` (categories, settings, counts,
@@ -47,6 +48,7 @@ from egosynth.errors import EgosynthError
 from egosynth.eval.clickme import ClickMeSample, write_clickme_npz, write_clickme_tfrecord
 from egosynth.eval.metrics import tf_resize_bilinear
 from egosynth.plan import split_clips
+from egosynth.store.schema import LabelTable
 
 TWIN_FORMAT = "egosynth-clickme-twin"
 TWIN_VERSION = 1
@@ -205,35 +207,38 @@ class SourceObject:
     diagnostic_ids: tuple[int, ...]
 
 
-def diagnostic_part_of(category: str, overrides: dict[str, str]) -> str:
+def diagnostic_part_of(
+    category: str, overrides: dict[str, str], recorded: str | None = None
+) -> str:
+    """The name of the diagnostic part of an object of `category`: the user's override, else
+    what the store's label table `recorded` for it (`Label.diagnostic_part`).
+
+    Labels that record none - stores written before labels carried it, scenes whose
+    annotations name none - fall back to the procedural generator's table (numpy-only; it
+    imports nothing above it, tests/test_imports.py).
+    """
     if category in overrides:
         return overrides[category]
-    # The part table itself (part id -> name) comes from the store's labels; which part is
-    # diagnostic is not in the store format, so the default is the generator's own table
-    # (numpy-only; it imports nothing above it, tests/test_imports.py).
-    from egosynth.scenes.shapes import DIAGNOSTIC_PART
+    if recorded is not None:
+        return recorded
+    from egosynth.scenes.shapes import DIAGNOSTIC_PART  # the fallback only
 
     if category not in DIAGNOSTIC_PART:
         raise EgosynthError(
-            f"twin: category {category!r} has no diagnostic part (known: "
-            f"{sorted(DIAGNOSTIC_PART)}); give one with --part {category}=<part name>"
+            f"twin: category {category!r} has no diagnostic part (the store's label table "
+            f"names none, known: {sorted(DIAGNOSTIC_PART)}); give one with --part "
+            f"{category}=<part name>"
         )
     return DIAGNOSTIC_PART[category]
 
 
-def scene_objects(labels: list[dict], overrides: dict[str, str], where: str) -> list[SourceObject]:
+def scene_objects(labels: LabelTable, overrides: dict[str, str]) -> list[SourceObject]:
     """The store's label table of one scene -> objects with their diagnostic part ids."""
     out = []
-    for i, lab in enumerate(labels):
-        try:
-            iid, cat, parts = int(lab["instance_id"]), str(lab["category"]), lab.get("parts", {})
-        except (KeyError, TypeError, ValueError):
-            raise EgosynthError(
-                f"{where}: labels[{i}] = {lab!r}: needs instance_id and category"
-            ) from None
-        part = diagnostic_part_of(cat, overrides)
-        ids = tuple(sorted(int(pid) for pid, name in parts.items() if name == part))
-        out.append(SourceObject(iid, cat, ids))
+    for lab in labels:
+        part = diagnostic_part_of(lab.category, overrides, lab.diagnostic_part)
+        ids = tuple(sorted(pid for pid, name in lab.parts.items() if name == part))
+        out.append(SourceObject(lab.instance_id, lab.category, ids))
     return out
 
 
@@ -289,9 +294,7 @@ def iter_twin_samples(
     index = 0
     for cid in clip_ids:
         clip = store.clip(cid)
-        objects = scene_objects(
-            clip.attrs.get("labels", []), cfg.diagnostic_parts, f"{store.path}: clip {cid}"
-        )
+        objects = scene_objects(clip.labels, cfg.diagnostic_parts)
         if not objects:
             continue
         arrays = clip.read(names=["rgb", "instance", "part"])
@@ -362,9 +365,7 @@ def export_twin(
     if not ids:
         raise EgosynthError(f"{store_path}: no complete clips to export")
     scenes = [store.clip(c).scene for c in ids]
-    categories = sorted(
-        {str(lab["category"]) for c in ids for lab in store.clip(c).attrs.get("labels", [])}
-    )
+    categories = sorted({cat for c in ids for cat in store.clip(c).labels.categories})
     if len(categories) < 2:
         raise EgosynthError(
             f"{store_path}: the label table has {len(categories)} categor(y/ies) "

@@ -321,12 +321,33 @@ def _absent_files(
     return out
 
 
-def _read(arr: zarr.Array, sel: Any, what: str) -> NDArray:
+def _read(arr: zarr.Array, sel: Any, what: str, locate: bool = True) -> NDArray:
+    """`arr[sel]` through zarr; a failure is a one-line error naming the chunk file that
+    failed (found by reading the selection's chunk files one by one, when `locate`)."""
     try:
         return arr[sel]
     except (ValueError, RuntimeError, OSError) as exc:
         msg = str(exc).split("\n")[0]
-        raise EgosynthError(f"{what}: corrupt or unreadable chunk ({msg})") from None
+        key = _failing_key(arr, sel) if locate else None
+        where = "" if key is None else f"{key}: "
+        raise EgosynthError(f"{what}: corrupt or unreadable chunk ({where}{msg})") from None
+
+
+def _failing_key(arr: zarr.Array, sel: Any) -> str | None:
+    """The key of the first chunk file holding rows of the time selection `sel` (a slice, or
+    all rows) that zarr cannot read, or None."""
+    rows = range(*sel.indices(arr.shape[0])) if isinstance(sel, slice) and arr.shape else None
+    for chunk_sel, key in _chunk_selections(arr):
+        if rows is not None and chunk_sel:
+            lo, hi = chunk_sel[0].start, chunk_sel[0].stop
+            skip = max(0, -(-(lo - rows.start) // rows.step))  # steps to the first row >= lo
+            if rows.start + skip * rows.step >= min(hi, rows.stop):
+                continue  # no selected row in this chunk file
+        try:
+            arr[chunk_sel]
+        except (ValueError, RuntimeError, OSError):
+            return f"c/{key}"
+    return None
 
 
 class ClipStore:
@@ -502,7 +523,7 @@ class ClipStore:
         for sel, key in _chunk_selections(arr):
             if f"c/{key}" not in missing:
                 try:
-                    _read(arr, sel, f"{what}/c/{key}")
+                    _read(arr, sel, f"{what}/c/{key}", locate=False)
                 except EgosynthError as exc:
                     problems.append(str(exc))
             if on_chunk:

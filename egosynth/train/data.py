@@ -24,6 +24,7 @@ import torch
 
 from egosynth.errors import EgosynthError
 from egosynth.plan import split_clips  # noqa: F401  (re-exported: the trainer's split)
+from egosynth.store.schema import LabelTable
 
 if TYPE_CHECKING:
     from egosynth.data.core import LoaderConfig
@@ -46,14 +47,16 @@ class CategoryTable:
 
     @classmethod
     def from_store(cls, store) -> CategoryTable:
-        labels: dict[str, list[dict]] = {}
+        """From the label table each scene's first clip records (`Clip.labels`)."""
+        tables: dict[str, LabelTable] = {}
         for clip in store:
-            labels.setdefault(clip.scene, clip.attrs.get("labels", []))
-        names = sorted({lab["category"] for labs in labels.values() for lab in labs})
+            if clip.scene not in tables:
+                tables[clip.scene] = clip.labels
+        names = sorted({c for table in tables.values() for c in table.categories})
         index = {n: i for i, n in enumerate(names)}
         by_scene = {
-            s: {int(lab["instance_id"]): index[lab["category"]] for lab in labs}
-            for s, labs in labels.items()
+            s: {iid: index[cat] for iid, cat in table.category_of().items()}
+            for s, table in tables.items()
         }
         return cls(names, by_scene)
 
