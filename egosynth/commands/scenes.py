@@ -80,6 +80,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     register_nerf(ssub)
 
+    from egosynth.commands.scenes_onboard import register_onboard
+
+    register_onboard(ssub)
+
 
 def _default_out(config: Path) -> Path:
     folder = config.resolve().parent

@@ -45,6 +45,9 @@ def register_nerf(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     i.add_argument("--annotations", type=Path, default=None,
                    help="scene config with objects, floor and world_from_scene")  # fmt: skip
+    i.add_argument("--data", type=Path, default=None,
+                   help="the run's data folder (transforms.json), when config.yml's path is "
+                   "not found: its capture cameras are recorded for `scenes onboard`")  # fmt: skip
     i.set_defaults(func=run_import)
 
     b = sub.add_parser(
@@ -129,7 +132,7 @@ def run_import(args: argparse.Namespace) -> int:
     from egosynth.nerf.importer import import_run
 
     ann = load_scene(args.annotations) if args.annotations else None
-    out = import_run(args.folder, args.out, annotations=ann)
+    out = import_run(args.folder, args.out, annotations=ann, data=args.data)
     masks = "with annotations" if ann else "no annotations: rgb and depth only"
     print(f"wrote bundle {out} ({bundle_size_bytes(out) / 1e6:.1f} MB, {masks})")
     return 0

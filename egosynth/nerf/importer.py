@@ -21,6 +21,7 @@ from egosynth.nerf.bundle import (
     safe_torch_load,
     write_bundle,
 )
+from egosynth.nerf.cameras import CAMERAS, cameras_from_transforms, find_transforms, write_cameras
 
 # Tensors the renderer never needs: pose refinements of the training cameras.
 _DROP_PREFIXES = ("camera_optimizer.",)
@@ -90,8 +91,13 @@ def import_run(
     out: str | Path,
     annotations: SceneConfig | None = None,
     provenance: dict[str, Any] | None = None,
+    data: str | Path | None = None,
 ) -> Path:
-    """Write a bundle at `out` from the nerfstudio run in `folder`; returns the bundle path."""
+    """Write a bundle at `out` from the nerfstudio run in `folder`; returns the bundle path.
+
+    The capture cameras (cameras.json) come from `data` (the run's data folder or its
+    transforms.json), else from the data path config.yml records, when it can be found.
+    """
     from egosynth.checks import output_dir
     from egosynth.nerf.nerfstudio import read_run_config
 
@@ -117,4 +123,11 @@ def import_run(
         world_from_scene=annotations.world_from_scene if annotations else Similarity(),
         provenance={"source": "nerfstudio", "step": step, **(provenance or {})},
     )
-    return write_bundle(out, meta, weights, annotations)
+    root = write_bundle(out, meta, weights, annotations)
+    # What onboarding needs from the run (issue 15): the capture cameras, names and sizes.
+    transforms = find_transforms(str(data) if data else info.get("data"), run)
+    if transforms is not None:
+        write_cameras(root, cameras_from_transforms(transforms))
+    else:  # never keep another run's cameras
+        (root / CAMERAS).unlink(missing_ok=True)
+    return root
