@@ -107,7 +107,10 @@ class WindowIterableDataset(IterableDataset):
         return len(self.loader)
 
     def set_epoch(self, epoch: int) -> None:
+        # published at once: a DataLoader that is not a WindowDataLoader (accelerate rebuilds
+        # the one it is given) calls set_epoch and then starts its workers, which read it here
         self.loader.set_epoch(epoch)
+        self.publish_position()
 
 
 def _from_worker(exc: EgosynthError) -> EgosynthError:

@@ -1,0 +1,106 @@
+"""The loader inside real trainer libraries: Lightning's Trainer and HF accelerate.
+
+What a user sees: every epoch a new window order, every window once per epoch, and a run
+stopped mid-epoch resumes from its checkpoint with exactly the windows it had left.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from egosynth.data import WindowLoader  # noqa: E402
+from egosynth.data.synthetic import write_store  # noqa: E402
+from egosynth.data.torch import WindowDataLoader, WindowIterableDataset  # noqa: E402
+
+KW = dict(length=3, stride=2, skip=1, batch_size=2, seed=5, fields=("rgb", "instance", "time"))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("trainers") / "s.zarr"
+    write_store(path, [10, 7, 13], height=4, width=6, chunk_frames=4)
+    return path
+
+
+def _loader(store: Path) -> WindowDataLoader:
+    return WindowDataLoader(
+        WindowIterableDataset(store, **KW), num_workers=2, persistent_workers=True
+    )
+
+
+def _epoch_orders(store: Path, epochs: int) -> list[list[int]]:
+    ref = WindowLoader(store, **KW)
+    orders = []
+    for e in range(epochs):
+        ref.set_epoch(e)
+        orders.append(ref.order().tolist())
+    return orders
+
+
+def test_lightning_resumes_mid_epoch_from_its_checkpoint(store: Path, tmp_path: Path) -> None:
+    """Stopped 3 batches into epoch 1 (a mid-epoch ModelCheckpoint), a new Trainer resumed
+    from that file reads exactly epoch 1's remaining windows, then all of epoch 2: Lightning
+    saves and restores the loader's state_dict itself."""
+    pl = pytest.importorskip("pytorch_lightning")
+
+    class Recorder(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.seen: dict[int, list[int]] = {}
+
+        def training_step(self, batch, batch_idx):
+            self.seen.setdefault(self.current_epoch, []).extend(batch["window"].tolist())
+            return (self.w * batch["rgb"].float().mean()).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    quiet = dict(accelerator="cpu", logger=False, enable_progress_bar=False,
+                 enable_model_summary=False)  # fmt: skip
+    per_epoch = len(WindowLoader(store, **KW))
+    stop = per_epoch + 3
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=stop, save_top_k=-1)
+    first = Recorder()
+    pl.Trainer(max_epochs=3, max_steps=stop, callbacks=[ckpt], **quiet).fit(first, _loader(store))
+    (path,) = tmp_path.glob("*.ckpt")
+    resumed = Recorder()
+    pl.Trainer(max_epochs=3, enable_checkpointing=False, **quiet).fit(
+        resumed, _loader(store), ckpt_path=path
+    )
+    orders = _epoch_orders(store, 3)
+    assert first.seen[0] == orders[0]
+    assert first.seen[1] + resumed.seen[1] == orders[1]  # the rest of epoch 1, once each
+    assert len(first.seen[1]) == 3 * KW["batch_size"]
+    assert resumed.seen[2] == orders[2]
+
+
+def test_accelerate_prepared_loader_advances_epochs_and_resumes(store: Path) -> None:
+    """accelerate rebuilds the DataLoader it is given (a plain one, batches dispatched from
+    process 0) and calls set_epoch on the dataset before each pass: a new order every epoch,
+    each window once; resumed mid-epoch with its skip_first_batches, the rest exactly once."""
+    accelerate = pytest.importorskip("accelerate")
+
+    acc = accelerate.Accelerator(cpu=True)
+    prepared = acc.prepare(_loader(store))
+    passes = [[w for b in prepared for w in b["window"].tolist()] for _ in range(3)]
+    orders = _epoch_orders(store, 3)
+    assert passes == orders
+    assert len({tuple(p) for p in passes}) == 3
+
+    k = 4  # stopped after k batches of epoch 1; a new process resumes there
+    fresh = acc.prepare(_loader(store))
+    fresh.set_epoch(1)
+    head = []
+    for i, batch in enumerate(fresh):
+        head.extend(batch["window"].tolist())
+        if i + 1 == k:
+            break
+    again = acc.prepare(_loader(store))
+    again.set_epoch(1)
+    rest = [w for b in acc.skip_first_batches(again, k) for w in b["window"].tolist()]
+    assert head + rest == orders[1]
