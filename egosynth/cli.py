@@ -72,6 +72,12 @@ class Terminated(KeyboardInterrupt):
     clean-up Ctrl-C gets (a render marks its store "interrupted") runs for it too."""
 
 
+# Set when SIGTERM arrived: code that catches the KeyboardInterrupt a signal handler raises and
+# raises a plain one instead (Ray's wait/get do: a signal during ray.wait surfaces as
+# KeyboardInterrupt) must not turn "terminated" into "interrupted".
+_SIGTERM_SEEN = threading.Event()
+
+
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """While a command runs in the main thread, SIGTERM raises Terminated there."""
@@ -80,6 +86,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def raise_terminated(signum: int, frame: object) -> NoReturn:
+        _SIGTERM_SEEN.set()
         raise Terminated
 
     before = signal.signal(signal.SIGTERM, raise_terminated)
@@ -92,16 +99,17 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet.install(True if args.verbose else None)
+    _SIGTERM_SEEN.clear()
     try:
         with _sigterm_as_interrupt():
             return int(args.func(args) or 0)
     except EgosynthError as exc:
         print(f"egosynth {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except Terminated:
-        print(f"egosynth {args.command}: terminated", file=sys.stderr)
-        return 143  # 128 + SIGTERM, as a shell reports it
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Terminated) or _SIGTERM_SEEN.is_set():
+            print(f"egosynth {args.command}: terminated", file=sys.stderr)
+            return 143  # 128 + SIGTERM, as a shell reports it
         print(f"egosynth {args.command}: interrupted", file=sys.stderr)
         return 130
 
