@@ -26,7 +26,12 @@ def capture_path(room: str) -> Path:
     return OUT / f"{room}_capture"
 
 
-def run_fit(room: str, iterations: int | None) -> Path:
+def truth_capture_path(room: str, views: int) -> Path:
+    """The procedural capture (true world, true masks); 200 views keep the first name."""
+    return OUT / (f"{room}_truth_capture" if views == 200 else f"{room}_truth_capture_v{views}")
+
+
+def run_fit(room: str, iterations: int | None, views: int) -> Path:
     """Capture, move, fit and import, as a user with a phone capture and ns-train would."""
     from egosynth.config import load_scene
     from egosynth.nerf.fit import fit_capture
@@ -35,9 +40,9 @@ def run_fit(room: str, iterations: int | None) -> Path:
     from egosynth.scenes.capture import CaptureSettings, write_capture
 
     scene = load_scene(REPO / "scene_configs" / "scenes" / f"{room}.yaml")
-    truth = OUT / f"{room}_truth_capture"
+    truth = truth_capture_path(room, views)
     if not (truth / "transforms.json").is_file():
-        write_capture(scene, truth, CaptureSettings(n_views=200, width=128, height=96))
+        write_capture(scene, truth, CaptureSettings(n_views=views, width=128, height=96))
     S = random_similarity(SIMILARITY_SEED[room])
     user = capture_path(room)
     if not (user / "transforms.json").is_file():
@@ -48,19 +53,18 @@ def run_fit(room: str, iterations: int | None) -> Path:
 
 
 TRUTH_VIEWS = {"room_0": 200, "room_1": 800}  # the captures the committed bundles were fitted on
+FIT_VIEWS = {"room_0": 200, "room_1": 400}  # the captures `fit` makes here
 CAMERA_HEIGHT_M = 1.2  # the capture's eye heights are stratified over 0.8-1.6 m: mean 1.2 m
 
 
-def truth_capture(room: str) -> Path:
+def truth_capture(room: str, views: int) -> Path:
     from egosynth.config import load_scene
     from egosynth.scenes.capture import CaptureSettings, write_capture
 
-    path = OUT / f"{room}_truth_capture_v{TRUTH_VIEWS[room]}"
-    if room == "room_0":
-        path = OUT / f"{room}_truth_capture"  # the one `fit` made (200 views)
+    path = truth_capture_path(room, views)
     if not (path / "transforms.json").is_file():
         scene = load_scene(REPO / "scene_configs" / "scenes" / f"{room}.yaml")
-        write_capture(scene, path, CaptureSettings(n_views=TRUTH_VIEWS[room], width=128, height=96))
+        write_capture(scene, path, CaptureSettings(n_views=views, width=128, height=96))
     return path
 
 
@@ -97,7 +101,7 @@ def onboarded_bundle(room: str, source: str) -> tuple[Path, object]:
         if not (bundle / "bundle.json").is_file():
             raise SystemExit(f"{bundle}: run `bench_onboard.py fit {room}` first")
         return bundle, S
-    cams = cameras_from_transforms(truth_capture(room) / "transforms.json")
+    cams = cameras_from_transforms(truth_capture(room, TRUTH_VIEWS[room]) / "transforms.json")
     out = OUT / f"{room}_reframe_bundle"
     return reframe_bundle(REPO / "scene_bundles" / room, out, S, cams), S
 
@@ -121,7 +125,8 @@ def measure(room: str, source: str, n_views: int, frames: int) -> dict:
 
     truth = load_scene(REPO / "scene_configs" / "scenes" / f"{room}.yaml")
     bundle, S = onboarded_bundle(room, source)
-    masks = user_masks(room, truth_capture(room), n_views)
+    views = (FIT_VIEWS if source == "fit" else TRUTH_VIEWS)[room]
+    masks = user_masks(room, truth_capture(room, views), n_views)
     scene_yaml = bundle.parent / f"{bundle.name}.yaml"
     cmd = [sys.executable, "-m", "egosynth.cli", "scenes", "onboard", str(bundle),
            "--masks", str(masks / "instance"), "--parts", str(masks / "part"),
@@ -226,7 +231,7 @@ def main() -> int:
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if args.cmd == "fit":
-        print(run_fit(args.room, args.iterations))
+        print(run_fit(args.room, args.iterations, FIT_VIEWS[args.room]))
     else:
         results = [measure(r, args.source, args.views, args.frames) for r in args.rooms]
         for res in results:

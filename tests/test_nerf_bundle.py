@@ -142,9 +142,15 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_plain_nerfstudio_output_imports_without_optimizer_state(
     tiny: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    _, runs = tiny
+    from egosynth.nerf.cameras import CAMERAS, cameras_from_transforms, read_cameras
+
+    capture, runs = tiny
     out = import_run(runs, tmp_path / "bundle")
-    assert sorted(p.name for p in out.iterdir()) == [B.BUNDLE_JSON, B.WEIGHTS]  # no annotations
+    # no annotations; the capture cameras of the run's data folder (for `scenes onboard`)
+    assert sorted(p.name for p in out.iterdir()) == [B.BUNDLE_JSON, CAMERAS, B.WEIGHTS]
+    cams, want = read_cameras(out), cameras_from_transforms(capture / "transforms.json")
+    assert cams is not None and cams.names == want.names
+    assert np.allclose(cams.cam_to_scene, want.cam_to_scene)
     meta = json.loads((out / B.BUNDLE_JSON).read_text())
     assert meta["method"] in B.SUPPORTED_METHODS and meta["model_settings"]["num_levels"] == 4
     ckpt = next(runs.rglob("step-*.ckpt"))

@@ -415,3 +415,14 @@ def test_scale_needs_a_source() -> None:
     assert resolve_scale(ScaleSpec(distance=d), plane) == pytest.approx(0.5)
     with pytest.raises(EgosynthError, match="metric scale unknown"):
         resolve_scale(ScaleSpec(), plane)
+
+
+def test_scale_from_distance_points_parse() -> None:
+    from egosynth.commands.scenes_onboard import _point
+
+    assert _point("1,2.5,-3", "P1") == ("xyz", (1.0, 2.5, -3.0))
+    assert _point("images/frame_00003.png:10,20.5", "P1") == (
+        "images/frame_00003.png",
+        (10.0, 20.5),
+    )
+    assert _point("1,2", "P1") is None and _point("a:b,c", "P1") is None

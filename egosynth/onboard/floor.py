@@ -28,7 +28,7 @@ LOW_FREE_M = 0.25  # "just above the floor"
 MIN_FREE_RAYS = 3
 HOLE_BLOCKED_SHARE = 0.15  # a hole in the floor with fewer blocked cells is unseen floor
 MIN_OBSTACLE_AREA_M2 = 0.01  # smaller holes are noise in the floor, not obstacles
-SIMPLIFY_M = 0.02  # polygon simplification: below a cell, so the raster outline stays
+SIMPLIFY_M = 0.05  # polygon simplification by one cell: removes the raster's stair steps
 
 
 @dataclass

@@ -10,7 +10,8 @@
 4. Each object's grid covers its voxels plus REACH_M; a cell is the object's when the nearest
    labelled voxel (object or background) is the object's and within REACH_M: surfaces no
    labelled view saw (an object's back) join the nearest labelled surface, background wins
-   where it was seen closer. Parts: the nearest voxel of the object with a part vote.
+   where it was seen closer. Detached pieces under MIN_PIECE_SHARE of the largest are dropped.
+   Parts: the nearest voxel of the object with a part vote.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ FLOOR_BAND_M = 0.02  # as the renderer: points this close to the floor are never
 DEPTH_TOLERANCE_M = 0.03  # + DEPTH_TOLERANCE_REL * z: "the same surface" in another view
 DEPTH_TOLERANCE_REL = 0.03
 MAX_POINTS_PER_VIEW = 60_000  # large photos are subsampled on a regular pixel stride
+MIN_PIECE_SHARE = 0.2  # an object's detached piece smaller than this share of its largest goes
 
 
 @dataclass
@@ -110,6 +112,18 @@ def _voxel_majority(keys: NDArray, values: NDArray) -> tuple[NDArray, NDArray]:
     return upair[first, :3], upair[first, 3]
 
 
+def _main_pieces(occ: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """Drop small detached blobs (points lifted with a floater's depth that won the vote)."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(occ, structure=np.ones((3, 3, 3), bool))
+    if n <= 1:
+        return occ
+    sizes = np.bincount(labels.ravel())[1:]
+    keep = np.nonzero(sizes >= MIN_PIECE_SHARE * sizes.max())[0] + 1
+    return np.isin(labels, keep)
+
+
 def lift(
     views: list[MaskView],
     names: dict[int, str],
@@ -147,6 +161,7 @@ def lift(
         found = np.isfinite(dist)
         occ[found] = vid[near[found]] == iid
         occ &= cc[:, 2] >= FLOOR_BAND_M
+        occ = _main_pieces(occ.reshape(shape)).reshape(-1)
         part_grid = np.zeros(len(cc), np.uint8)
         if part_index:
             pmask = (ids == iid) & (parts > 0)

@@ -98,5 +98,7 @@ def mask_views_picture(
             )
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, np.concatenate(rows, 0))
+    img = np.concatenate(rows, 0)
+    zoom = max(1, 512 // img.shape[1])  # small captures: nearest-neighbour up to ~512 px wide
+    iio.imwrite(path, img.repeat(zoom, 0).repeat(zoom, 1))
     return path

@@ -193,12 +193,18 @@ def boxes_from_masks(masks: LiftedMasks, labels: UserLabels) -> list[SceneObject
 
 
 def mask_views(
-    depth_fn: DepthFn, cams: CaptureCameras, labels: UserLabels, W: Similarity
+    depth_fn: DepthFn,
+    cams: CaptureCameras,
+    labels: UserLabels,
+    W: Similarity,
+    progress: Callable[[int], None] | None = None,
 ) -> list[MaskView]:
     """The labelled views in world metres, with the NeRF's depth at the masks' resolution."""
     T = W.matrix()
     out = []
     for lv in labels.views:
+        if progress:
+            progress(len(out))
         w, h = (int(x) for x in cams.sizes[lv.view])
         c2s = cams.cam_to_scene[lv.view : lv.view + 1]
         z = np.asarray(depth_fn(c2s, cams.K[lv.view : lv.view + 1], w, h), np.float64)[0]
@@ -228,9 +234,9 @@ def onboard(
     W, plane, yaw = estimate_world(points, cams, spec)
     pw = _apply(W, points)
     fmap = floor_map(pw, _apply(W, origins))
-    step("floor", 1, 1)
-    views = mask_views(depth_fn, cams, labels, W)
-    step("masks", len(views), len(views))
+    n_masks = len(labels.views)
+    views = mask_views(depth_fn, cams, labels, W, lambda k: step("mask depth", k, n_masks))
+    step("mask depth", n_masks, n_masks)
     names = {lab.instance_id: lab.name for lab in labels.labels}
     part_index = {
         pid: (lab.instance_id, j + 1)
@@ -276,8 +282,6 @@ def scene_config(result: Onboarded, name: str, bundle: Path) -> SceneConfig:
 
 def write_onboarded(root: Path, result: Onboarded, scene_yaml: Path) -> SceneConfig:
     """Write annotations, world_from_scene, lifted masks, report and scene config."""
-    import yaml
-
     from egosynth.nerf.bundle import ANNOTATIONS, BUNDLE_JSON, _annotations_dict, read_bundle
     from egosynth.nerf.lifted import write_masks
 
@@ -297,8 +301,23 @@ def write_onboarded(root: Path, result: Onboarded, scene_yaml: Path) -> SceneCon
         f"# {name}: onboarded by `egosynth scenes onboard` (edit freely; masks.npz in the "
         "bundle labels the objects it names, boxes label the rest)\n"
     )
-    scene_yaml.write_text(header + yaml.safe_dump({**data, **body}, sort_keys=False))
+    scene_yaml.write_text(header + _yaml({**data, **body}))
     return scene
+
+
+def _yaml(data: dict[str, Any]) -> str:
+    """YAML with points and vectors on one line each ([x, y, z]), the rest in block style."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def seq(dumper: yaml.SafeDumper, value: list) -> yaml.Node:
+        flat = all(isinstance(v, (int, float)) for v in value)
+        return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=flat)
+
+    Dumper.add_representer(list, seq)
+    return yaml.dump(data, Dumper=Dumper, sort_keys=False)
 
 
 def _relpath(target: Path, start: Path) -> str:
