@@ -264,6 +264,7 @@ def test_direct_read_equals_zarr_for_any_range(odd_store: Path, k: int, a: int, 
     np.testing.assert_array_equal(buf, plain["depth"][start:stop])
 
 
+@pytest.mark.fast_path  # both writers, explicitly: once is enough
 @pytest.mark.parametrize("sparse", [SPARSE_ARRAYS, ARRAY_NAMES])
 def test_direct_and_zarr_writers_write_identical_bytes(tmp_path: Path, sparse) -> None:
     from egosynth.data.synthetic import pattern_frames, pattern_meta
