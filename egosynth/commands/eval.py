@@ -201,6 +201,54 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(func=run_baseline)
 
+    k = esub.add_parser(
+        "controls",
+        help="score the controls (centre bias, shuffled maps, random network, noise ceiling)",
+        description="Controls scored like models on each twin's test split: a centre-bias "
+        "Gaussian, the human maps shuffled across images, a randomly initialised network's "
+        "saliency, and the noise ceiling of the human maps (docs/science.md).",
+    )
+    k.add_argument("twins", nargs="+", type=Path, help="twin folders")
+    k.add_argument("--out", type=Path, required=True, help="folder for report.json")
+    k.add_argument(
+        "--controls",
+        type=_csv,
+        default=["centre-bias", "shuffled-human", "random-init", "noise-ceiling"],
+        help="comma-separated subset of centre-bias, shuffled-human, random-init, noise-ceiling",
+    )
+    k.add_argument(
+        "--seeds", type=_csv, default=["0", "1", "2"], help="seeds of the random controls"
+    )
+    k.add_argument("--arch", default="resnet10", help="random-init network (as the baselines)")
+    k.add_argument("--width", type=count(maximum=4096), default=8)
+    k.add_argument("--embed-dim", type=count(maximum=65_536), default=64)
+    k.add_argument("--input-size", type=count(maximum=4096), default=48)
+    k.add_argument("--max-images", type=count(), default=None, help="cap images per split")
+    k.add_argument("--batch-size", type=count(maximum=65_536), default=32)
+    k.add_argument("--threads", type=integer(0, 4096), default=0)
+    k.add_argument("--no-progress", action="store_true")
+    k.set_defaults(func=run_controls)
+
+    m = esub.add_parser(
+        "summarize",
+        help="tables with 95 %% intervals, trend tests and figures from eval reports",
+        description="Group the rows of egosynth eval reports into conditions (model names "
+        "SERIES@LEVEL#SEED), bootstrap 95 %% intervals over seeds and test images, test "
+        "monotonic trends over levels, write summary.json, summary.md and figures.",
+    )
+    m.add_argument("reports", nargs="+", type=Path, help="report.json files or their folders")
+    m.add_argument("--out", type=Path, required=True, help="folder for the summary")
+    m.add_argument("--n-boot", type=count(maximum=1_000_000), default=2000)
+    m.add_argument("--seed", type=integer(0, 2**63 - 1), default=0)
+    m.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="JSON list of published points {name, accuracy, alignment} to mark on the "
+        "alignment-vs-accuracy figure",
+    )
+    m.set_defaults(func=run_summarize)
+
 
 # --------------------------------------------------------------------------- handlers
 def run_twin_export(args: argparse.Namespace) -> int:
@@ -418,4 +466,95 @@ def run_baseline(args: argparse.Namespace) -> int:
         {"twin": str(args.twin), "train_summary": summary},
     )
     print(json.dumps({"checkpoint": str(path), "name": name, **summary}, indent=2))
+    return 0
+
+
+def run_controls(args: argparse.Namespace) -> int:
+    from itertools import islice
+
+    import torch
+
+    from egosynth.checks import output_dir
+    from egosynth.eval.clickme import iter_clickme
+    from egosynth.eval.controls import CONTROLS, map_controls, random_init_model
+    from egosynth.eval.evaluate import load_split, score_model
+    from egosynth.eval.report import format_table, write_json
+    from egosynth.eval.twin import read_twin_info, read_twin_samples
+
+    unknown = set(args.controls) - set(CONTROLS)
+    if unknown:
+        raise EgosynthError(f"--controls: unknown {sorted(unknown)}; choose from {list(CONTROLS)}")
+    try:
+        seeds = [int(s) for s in args.seeds]
+    except ValueError:
+        raise EgosynthError(f"--seeds = {','.join(args.seeds)}: expected integers") from None
+    output_dir(args.out, inputs=list(args.twins))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    progress = not args.no_progress
+    rows: list[dict[str, Any]] = []
+    datasets = []
+    for folder in args.twins:
+        info = read_twin_info(folder)
+        name = folder.name or str(folder)
+        test = load_split(folder / "test", args.max_images, progress=progress, desc=f"{name} test")
+        test.meta = read_twin_samples(folder).get("test", [])[: len(test)]
+        # the raw 256x256 maps (same file order as load_split) for the noise ceiling
+        raw = [s.heatmap for s in islice(iter_clickme(folder / "test"), len(test))]
+        sigma = float(info["config"]["blur_sigma"])
+        base = {"dataset": name, "shortcut": info["splits"]["train"]["shortcut"]}
+        datasets.append({"name": name, "twin": str(folder), "n_images": len(test)})
+        for i, seed in enumerate(seeds):
+            # the centre bias has no randomness: one seed is the whole condition
+            which = [c for c in args.controls if c != "centre-bias" or i == 0]
+            for row in map_controls(test.heatmaps, raw, sigma, seed, which):
+                rows.append({**base, **row})
+            if "random-init" in which:
+                model = random_init_model(
+                    info["categories"],
+                    args.arch,
+                    args.width,
+                    args.embed_dim,
+                    args.input_size,
+                    seed,
+                )
+                for scored in score_model(
+                    model,
+                    test,
+                    None,
+                    len(info["categories"]),
+                    (),
+                    "gradient",
+                    args.batch_size,
+                    0,
+                    progress,
+                ):
+                    rows.append({**base, **scored.row, "kind": "control"})
+    print(format_table(rows))
+    report = {"datasets": datasets, "controls": args.controls, "seeds": seeds, "results": rows}
+    path = write_json(args.out / "report.json", report)
+    print(f"report: {path}")
+    return 0
+
+
+def run_summarize(args: argparse.Namespace) -> int:
+    from egosynth.eval.summary import markdown, read_reports, write_summary
+    from egosynth.readers import read_json
+
+    reference = []
+    if args.reference is not None:
+        reference = read_json(args.reference, "reference points")
+        if not isinstance(reference, list) or not all(
+            isinstance(r, dict) and {"accuracy", "alignment"} <= set(r) for r in reference
+        ):
+            raise EgosynthError(
+                f"{args.reference}: expected a list of {{name, accuracy, alignment}} objects"
+            )
+    rows = read_reports(args.reports)
+    summary = write_summary(args.out, rows, n_boot=args.n_boot, seed=args.seed, reference=reference)
+    print(markdown(summary))
+    print(
+        f"summary: {args.out / 'summary.json'}, {args.out / 'summary.md'}; figures: "
+        f"{', '.join(summary['figures']) or 'none'}"
+    )
     return 0

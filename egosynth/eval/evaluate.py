@@ -142,11 +142,53 @@ def _alignment(
     return scores, np.asarray(examples, dtype=np.float32)
 
 
+def cue_conflict(data: SplitData) -> np.ndarray | None:
+    """Per test image: does the background tint name another category than the label?"""
+    if not data.meta or len(data.meta) != len(data):
+        return None
+    return np.array([m.get("cue", m["label"]) != m["label"] for m in data.meta])
+
+
+def per_image(
+    scores: AlignmentScores, data: SplitData, pred: np.ndarray | None = None
+) -> dict[str, list]:
+    """Per-image values in test-file order, so intervals can be computed after the run.
+
+    Spearman is the per-image alignment (alignment = mean / 0.65753); `correct` is whether
+    the prediction was right; `cue_conflict` marks the shortcut-broken images.
+    """
+    out: dict[str, list] = {
+        "spearman": [float(v) for v in scores.spearman],
+        "dice": [float(v) for v in scores.dice],
+    }
+    if pred is not None:
+        out["correct"] = [bool(v) for v in pred == data.labels]
+    conflict = cue_conflict(data)
+    if conflict is not None:
+        out["cue_conflict"] = [bool(v) for v in conflict]
+    return out
+
+
+def model_facts(model: LoadedModel) -> dict[str, Any]:
+    """Training settings a summary groups by: seed, width, harmonizer weight (when known)."""
+    config = model.meta.get("config") if isinstance(model.meta, dict) else None
+    if not isinstance(config, dict):
+        return {}
+    facts: dict[str, Any] = {}
+    if "seed" in config:
+        facts["seed"] = config["seed"]
+    encoder = config.get("encoder")
+    if isinstance(encoder, dict):
+        facts.update({k: encoder[k] for k in ("arch", "width") if k in encoder})
+    if "harmonize" in config:
+        facts["harmonize"] = config["harmonize"]
+    return facts
+
+
 def _accuracies(pred: np.ndarray, data: SplitData) -> dict[str, float]:
     out = {"accuracy": float(np.mean(pred == data.labels))}
-    if data.meta and len(data.meta) == len(pred):
-        # Cue-conflict images: the background tint names another category than the label.
-        conflict = np.array([m.get("cue", m["label"]) != m["label"] for m in data.meta])
+    conflict = cue_conflict(data)
+    if conflict is not None:
         if conflict.any():
             out["accuracy_cue_conflict"] = float(np.mean(pred[conflict] == data.labels[conflict]))
         if (~conflict).any():
@@ -167,7 +209,13 @@ def score_model(
 ) -> list[Scored]:
     """Rows for one model on one test split (see the module doc)."""
     rows: list[Scored] = []
-    base = {"model": model.name, "kind": model.kind, "method": method, "n_images": len(test)}
+    base = {
+        "model": model.name,
+        "kind": model.kind,
+        "method": method,
+        "n_images": len(test),
+        **model_facts(model),
+    }
     if model.kind == "classifier":
         assert model.classifier is not None
         head_size = len(model.classes or [])
@@ -176,7 +224,8 @@ def score_model(
                 f"model {model.name}: labels go up to {int(test.labels.max())} but the "
                 f"classifier has {head_size} classes"
             )
-        acc = _accuracies(_predict(model.classifier, test), test)
+        pred = _predict(model.classifier, test)
+        acc = _accuracies(pred, test)
         scores, ex = _alignment(
             model.classifier,
             test,
@@ -187,7 +236,8 @@ def score_model(
             progress,
             f"{model.name} saliency",
         )
-        rows.append(Scored({**base, "scoring": "classifier", **acc, **scores.summary()}, ex))
+        row = {**base, "scoring": "classifier", **acc, **scores.summary()}
+        rows.append(Scored({**row, "per_image": per_image(scores, test, pred)}, ex))
         return rows
     unknown = set(scorings) - set(SCORINGS)
     if unknown:
@@ -204,7 +254,8 @@ def score_model(
         probe = fit_linear_probe(feats, torch.as_tensor(probe_data.labels), n_classes)
         net = probed(model, probe)
         train_acc = float(np.mean(_predict(net, probe_data) == probe_data.labels))
-        acc = _accuracies(_predict(net, test), test)
+        pred = _predict(net, test)
+        acc = _accuracies(pred, test)
         scores, ex = _alignment(
             net, test, "logit", method, batch_size, keep, progress, f"{model.name} probe saliency"
         )
@@ -214,6 +265,7 @@ def score_model(
             **acc,
             "probe_train_accuracy": train_acc,
             **scores.summary(),
+            "per_image": per_image(scores, test, pred),
         }
         rows.append(Scored(row, ex))
     if "embedding" in scorings:
@@ -229,5 +281,6 @@ def score_model(
             progress,
             f"{model.name} embedding saliency",
         )
-        rows.append(Scored({**base, "scoring": "embedding", **scores.summary()}, ex))
+        row = {**base, "scoring": "embedding", **scores.summary()}
+        rows.append(Scored({**row, "per_image": per_image(scores, test)}, ex))
     return rows
