@@ -15,6 +15,7 @@ relative to the working directory the pipeline is run from (normally the reposit
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import shutil
@@ -37,6 +38,9 @@ class Stage(StrictModel):
     args: list[str | int | float] = []
     needs: list[str] = []
     outputs: list[str] = []
+    # One stage per combination of values: {seed: [0, 1, 2], level: "{levels}"} (a string is
+    # substituted, then split at commas, so `--set levels=0,1` resizes a sweep).
+    matrix: dict[str, list[str | int | float] | str] = {}
 
     @field_validator("command")
     @classmethod
@@ -148,15 +152,71 @@ class _Planned:
     marker: Path
 
 
+def _matrix_values(st: Stage, env: dict[str, str], path: Path, name: str) -> dict[str, list[str]]:
+    values: dict[str, list[str]] = {}
+    for key, raw in st.matrix.items():
+        if not key.isidentifier():
+            raise ConfigError(path, f"stages.{name}.matrix", key, "not a plain variable name")
+        if isinstance(raw, str):
+            items = [v.strip() for v in _subst(raw, env, path, f"stages.{name}.matrix").split(",")]
+        else:
+            items = [_subst(v, env, path, f"stages.{name}.matrix") for v in raw]
+        items = [v for v in items if v]
+        if not items or len(set(items)) != len(items):
+            raise ConfigError(path, f"stages.{name}.matrix.{key}", raw, "needs distinct values")
+        values[key] = items
+    return values
+
+
+def expand_matrix(
+    pipe: Pipeline, path: Path, env: dict[str, str]
+) -> dict[str, tuple[Stage, dict[str, str]]]:
+    """Stages after matrix expansion: name -> (stage with concrete needs, its variables).
+
+    A matrix stage `fit` with {seed: [0, 1]} becomes `fit[seed=0]` and `fit[seed=1]`, each
+    with `{seed}` set. A stage that needs a matrix stage depends on the expansions whose
+    values agree with its own on the keys they share (`eval[level=0.5]` needs
+    `fit[level=0.5,seed=*]`), or on all of them when they share none (a summary).
+    """
+    grids: dict[str, list[dict[str, str]]] = {}
+    for name, st in pipe.stages.items():
+        values = _matrix_values(st, env, path, name)
+        for key in values:
+            if key in env:
+                raise ConfigError(path, f"stages.{name}.matrix", key, "shadows a variable")
+        keys = list(values)
+        grids[name] = [
+            dict(zip(keys, combo, strict=True))
+            for combo in itertools.product(*(values[k] for k in keys))
+        ]
+
+    def label(name: str, combo: dict[str, str]) -> str:
+        if not pipe.stages[name].matrix:
+            return name
+        return f"{name}[{','.join(f'{k}={v}' for k, v in combo.items())}]"
+
+    out: dict[str, tuple[Stage, dict[str, str]]] = {}
+    for name in topo_order(pipe.stages):
+        st = pipe.stages[name]
+        for combo in grids[name]:
+            needs = []
+            for dep in st.needs:
+                for dc in grids[dep]:
+                    if all(combo[k] == v for k, v in dc.items() if k in combo):
+                        needs.append(label(dep, dc))
+            out[label(name, combo)] = (st.model_copy(update={"needs": needs}), combo)
+    return out
+
+
 def plan_pipeline(pipe: Pipeline, path: Path, env: dict[str, str]) -> list[_Planned]:
     """Resolve every stage's arguments and fingerprint, in dependency order."""
     markers = Path(env["workdir"]) / ".stages"
     fingerprints: dict[str, str] = {}
     planned = []
-    for name in topo_order(pipe.stages):
-        st = pipe.stages[name]
-        args = [_subst(a, env, path, f"stages.{name}.args") for a in st.args]
-        outputs = [Path(_subst(o, env, path, f"stages.{name}.outputs")) for o in st.outputs]
+    for name, (st, combo) in expand_matrix(pipe, path, env).items():
+        senv = {**env, **combo}
+        args = [_subst(a, senv, path, f"stages.{name}.args") for a in st.args]
+        outputs = [Path(_subst(o, senv, path, f"stages.{name}.outputs")) for o in st.outputs]
         key = {
             "command": st.command,
             "args": args,
@@ -223,7 +283,7 @@ def run_pipeline(
             results[name] = StageResult(name, "ran", dt, st.outputs)
     if failure:
         raise EgosynthError(failure)
-    return [results[s] for s in topo_order(pipe.stages)]
+    return [results[s] for s in expand_matrix(pipe, path, env)]
 
 
 def _launch(st: _Planned, log_dir: Path | None) -> subprocess.Popen:

@@ -161,6 +161,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--format", choices=("npz", "tfrecord"), default="npz")
     x.add_argument("--max-per-split", type=count(), default=None)
     x.add_argument("--seed", type=integer(0, 2**63 - 1), default=0)
+    x.add_argument(
+        "--validation",
+        action="store_true",
+        help="also hold out the last train clip per scene as validation/ (cued like test)",
+    )
     x.add_argument("--no-progress", action="store_true")
     x.set_defaults(func=run_twin_export)
 
@@ -190,6 +195,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--input-size", type=count(maximum=4096), default=48)
     b.add_argument(
         "--harmonize", type=real(0.0), default=0.0, help="harmonizer weight (0: cross-entropy only)"
+    )
+    b.add_argument(
+        "--harmonize-from",
+        type=Path,
+        default=None,
+        help="selection JSON of `egosynth eval select`: take its harmonizer weight",
     )
     b.add_argument("--arch", default="resnet18")
     b.add_argument("--width", type=count(maximum=4096), default=16)
@@ -228,6 +239,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--threads", type=integer(0, 4096), default=0)
     k.add_argument("--no-progress", action="store_true")
     k.set_defaults(func=run_controls)
+
+    v = esub.add_parser(
+        "select",
+        help="choose among baselines (e.g. harmonizer weights) on a twin's validation split",
+        description="Score candidate baseline checkpoints on the twin's validation/ split "
+        "(egosynth eval twin-export --validation) and write the best one's settings as JSON; "
+        "`egosynth eval baseline --harmonize-from` reads its harmonizer weight. The test split "
+        "is never read.",
+    )
+    v.add_argument("twin", type=Path, help="twin folder with a validation/ split")
+    v.add_argument(
+        "--checkpoint",
+        action="append",
+        required=True,
+        metavar="CKPT",
+        help="candidate baseline; repeat; NAME=PATH names it",
+    )
+    v.add_argument(
+        "--metric",
+        default="alignment_score",
+        choices=("alignment_score", "accuracy", "accuracy_cue_conflict"),
+        help="what the choice maximises on the validation split",
+    )
+    v.add_argument("--out", type=Path, required=True, help="selection JSON file to write")
+    v.add_argument("--max-images", type=count(), default=None)
+    v.add_argument("--batch-size", type=count(maximum=65_536), default=32)
+    v.add_argument("--threads", type=integer(0, 4096), default=0)
+    v.add_argument("--no-progress", action="store_true")
+    v.set_defaults(func=run_select)
 
     m = esub.add_parser(
         "summarize",
@@ -273,6 +313,7 @@ def run_twin_export(args: argparse.Namespace) -> int:
         format=args.format,
         max_per_split=args.max_per_split,
         diagnostic_parts=_parts(args.part),
+        validation=args.validation,
     )
     info = export_twin(args.store, args.out, cfg, progress=not args.no_progress)
     for split, s in info["splits"].items():
@@ -285,12 +326,43 @@ def run_twin_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# A model named NAME=FOLDER gets this suffix replaced by its training seed (SERIES#SEED, the
+# naming egosynth eval summarize groups by).
+SEED_SUFFIX = "#*"
+
+
 def _checkpoints(values: list[str]) -> list[tuple[str | None, Path]]:
-    out = []
+    """(name, file) pairs; a folder stands for every *.pt under it (sorted).
+
+    Sweeps write one checkpoint per seed into a folder: `NAME=FOLDER` names them NAME#<seed>,
+    a plain FOLDER keeps each checkpoint's own name.
+    """
+    out: list[tuple[str | None, Path]] = []
     for v in values:
         name, sep, path = v.partition("=")
-        out.append((name, Path(path)) if sep and name and not Path(v).exists() else (None, Path(v)))
+        named = bool(sep and name and not Path(v).exists())
+        target = Path(path) if named else Path(v)
+        if target.is_dir():
+            files = sorted(target.rglob("*.pt"))
+            if not files:
+                raise EgosynthError(f"--checkpoint = {v!r}: no *.pt checkpoint in this folder")
+            out += [((name + SEED_SUFFIX) if named else None, f) for f in files]
+        else:
+            out.append((name if named else None, target))
     return out
+
+
+def _load_models(given: list[tuple[str | None, Path]], input_size: int | None) -> list:
+    from egosynth.eval.evaluate import model_facts
+    from egosynth.eval.probe import load_model
+
+    models = []
+    for i, (name, path) in enumerate(given):
+        m = load_model(path, input_size, name)
+        if m.name.endswith(SEED_SUFFIX):
+            m.name = m.name[: -len(SEED_SUFFIX)] + f"#{model_facts(m).get('seed', i)}"
+        models.append(m)
+    return models
 
 
 def _inputs(ds: dict[str, Any]) -> list[str]:
@@ -311,7 +383,6 @@ def _run(args: argparse.Namespace, datasets: list[dict[str, Any]]) -> int:
     import torch
 
     from egosynth.eval.evaluate import load_split, score_model
-    from egosynth.eval.probe import load_model
     from egosynth.eval.report import (
         format_table,
         plot_alignment_vs_accuracy,
@@ -327,7 +398,7 @@ def _run(args: argparse.Namespace, datasets: list[dict[str, Any]]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     progress = not args.no_progress
-    models = [load_model(p, args.input_size, name) for name, p in _checkpoints(args.checkpoint)]
+    models = _load_models(_checkpoints(args.checkpoint), args.input_size)
     rows: list[dict[str, Any]] = []
     figures: list[str] = []
     for ds in datasets:
@@ -433,6 +504,8 @@ def run_baseline(args: argparse.Namespace) -> int:
 
     output_file(args.out, inputs=[args.twin])
     info = read_twin_info(args.twin)
+    if args.harmonize_from is not None:
+        args.harmonize = _selected_harmonize(args.harmonize_from)
     cfg = BaselineConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -556,5 +629,76 @@ def run_summarize(args: argparse.Namespace) -> int:
     print(
         f"summary: {args.out / 'summary.json'}, {args.out / 'summary.md'}; figures: "
         f"{', '.join(summary['figures']) or 'none'}"
+    )
+    return 0
+
+
+def _selected_harmonize(path: Path) -> float:
+    """The harmonizer weight a selection file (egosynth eval select) chose."""
+    import math
+
+    from egosynth.readers import read_json_object
+
+    sel = read_json_object(path, "selection")
+    value = sel.get("chosen", {}).get("harmonize") if isinstance(sel.get("chosen"), dict) else None
+    if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise EgosynthError(f"{path}: no chosen harmonizer weight (chosen.harmonize = {value!r})")
+    return float(value)
+
+
+def run_select(args: argparse.Namespace) -> int:
+    import math
+
+    import torch
+
+    from egosynth.checks import output_file
+    from egosynth.eval.evaluate import load_split, score_model
+    from egosynth.eval.report import format_table, write_json
+    from egosynth.eval.twin import read_twin_info, read_twin_samples
+
+    info = read_twin_info(args.twin)
+    if "validation" not in info["splits"]:
+        raise EgosynthError(
+            f"{args.twin}: no validation split (export with `egosynth eval twin-export "
+            "--validation`): choices are never made on the test split"
+        )
+    given = _checkpoints(args.checkpoint)
+    output_file(args.out, inputs=[args.twin, *(p for _, p in given)])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    progress = not args.no_progress
+    val = load_split(args.twin / "validation", args.max_images, progress=progress, desc="val")
+    val.meta = read_twin_samples(args.twin).get("validation", [])[: len(val)]
+    rows = []
+    for (_, path), model in zip(given, _load_models(given, None), strict=True):
+        if model.kind != "classifier":
+            raise EgosynthError(f"{path}: select compares supervised baselines only")
+        for scored in score_model(
+            model, val, None, len(info["categories"]), (), "gradient", args.batch_size, 0, progress
+        ):
+            row = {k: v for k, v in scored.row.items() if k != "per_image"}
+            rows.append({**row, "checkpoint": str(path), "dataset": "validation"})
+    print(format_table(rows))
+
+    def value(r: dict[str, Any]) -> float:
+        v = r.get(args.metric)
+        return v if isinstance(v, int | float) and math.isfinite(v) else -math.inf
+
+    best = max(rows, key=value)  # first among equals: the candidates' order decides ties
+    if value(best) == -math.inf:
+        raise EgosynthError(f"select: no candidate has a finite {args.metric} on validation")
+    write_json(
+        args.out,
+        {
+            "twin": str(args.twin),
+            "split": "validation",
+            "metric": args.metric,
+            "chosen": best,
+            "candidates": rows,
+        },
+    )
+    print(
+        f"chosen: {best['model']} (harmonize {best.get('harmonize')}, "
+        f"{args.metric} {value(best):.3f}) -> {args.out}"
     )
     return 0

@@ -73,10 +73,19 @@ def read_reports(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     """All result rows of the given report.json files (or folders holding one)."""
     from egosynth.readers import read_json
 
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            # a folder: its own report, or every report below it (one per eval stage)
+            found = [p / "report.json"] if (p / "report.json").is_file() else []
+            found = found or sorted(p.rglob("report.json"))
+            if not found:
+                raise EgosynthError(f"{p}: no report.json in or below this folder")
+            files += found
+        else:
+            files.append(p)
     rows = []
-    for p in paths:
-        p = Path(p)
-        f = p / "report.json" if p.is_dir() else p
+    for f in files:
         report = read_json(f, "evaluation report")
         results = report.get("results") if isinstance(report, dict) else None
         if not isinstance(results, list):

@@ -53,7 +53,9 @@ from egosynth.store.schema import LabelTable
 TWIN_FORMAT = "egosynth-clickme-twin"
 TWIN_VERSION = 1
 TWIN_SIZE = 256  # ClickMe's image and heatmap size
-SPLITS = ("train", "test")
+# "validation" last: a split's index seeds its cues, so train and test images do not change
+# when a validation split is added.
+SPLITS = ("train", "test", "validation")
 FORMATS = ("npz", "tfrecord")
 # Tints for the background cue, one per category (cycled if there are more): saturated and far
 # apart so that a small network can read them.
@@ -89,6 +91,10 @@ class TwinConfig:
     format: str = "npz"
     max_per_split: int | None = None
     diagnostic_parts: dict[str, str] = field(default_factory=dict)  # category -> part override
+    # Hold out the last train clip of every scene (with two or more train clips) as a
+    # validation split, cued like the test split: choices (the harmonizer's lambda) are made
+    # there, never on test.
+    validation: bool = False
 
     def __post_init__(self) -> None:
         for name in ("shortcut", "test_shortcut", "tint"):
@@ -377,6 +383,14 @@ def export_twin(
             f"{store_path}: no scene has two clips, so there is no held-out clip for the test "
             "split (render with --clips 2 or more)"
         )
+    val_ids: list[str] = []
+    if cfg.validation:
+        train_ids, val_ids = split_clips(train_ids, [store.clip(c).scene for c in train_ids])
+        if not val_ids:
+            raise EgosynthError(
+                f"{store_path}: no scene has three clips, so there is no clip for a validation "
+                "split besides the test clip (render with --clips 3 or more)"
+            )
     info: dict[str, Any] = {
         "format": TWIN_FORMAT,
         "version": TWIN_VERSION,
@@ -389,6 +403,7 @@ def export_twin(
     for split, clip_ids, strength in (
         ("train", train_ids, cfg.shortcut),
         ("test", test_ids, cfg.test_shortcut),
+        *([("validation", val_ids, cfg.test_shortcut)] if val_ids else []),
     ):
         samples = []
         gen = iter_twin_samples(store, clip_ids, categories, cfg, strength, split)
