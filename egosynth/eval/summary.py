@@ -242,49 +242,48 @@ def plot_dose_response(path: str | Path, summary: dict[str, Any]) -> Path | None
         ("accuracy_cue_agree", "accuracy, shortcut-consistent"),
         ("accuracy_cue_conflict", "accuracy, shortcut-broken"),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    # One row of panels per set of levels: a shortcut sweep (0..1) and a width sweep (4..32)
+    # on one axis would squash each other.
+    sweeps: dict[tuple, list[tuple]] = defaultdict(list)
+    for key, cs in sorted(series.items()):
+        sweeps[tuple(sorted({c["level"] for c in cs}))].append(key)
+    n_rows = len(sweeps)
+    fig, axes = plt.subplots(n_rows, 3, figsize=(13, 3.6 * n_rows + 0.6), squeeze=False)
     colours = plt.get_cmap("tab10").colors
-    for i, (key, cs) in enumerate(sorted(series.items())):
-        cs = sorted(cs, key=lambda c: c["level"])
-        label = f"{key[1]} ({key[2]}, {key[0]})"
-        for ax, (m, _) in zip(axes, panels, strict=True):
-            pts = [c for c in cs if _ok(c.get(m))]
-            if not pts:
-                continue
-            x = [c["level"] for c in pts]
-            y = [c[m]["estimate"] for c in pts]
-            lo = [c[m]["estimate"] - c[m]["low"] for c in pts]
-            hi = [c[m]["high"] - c[m]["estimate"] for c in pts]
-            ax.errorbar(
-                x,
-                y,
-                yerr=[lo, hi],
-                marker="o",
-                capsize=3,
-                lw=1.2,
-                ms=4,
-                color=colours[i % len(colours)],
-                label=label,
-            )
-    for ax, (_, title) in zip(axes, panels, strict=True):
-        ax.set_xlabel("level (shortcut strength, width, ...)")
-        ax.set_title(title, fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.margins(x=0.08, y=0.12)  # error bars and end points never touch the frame
-    handles, labels = axes[0].get_legend_handles_labels()
-    for ax in axes[1:]:
-        for h, lb in zip(*ax.get_legend_handles_labels(), strict=True):
-            if lb not in labels:
-                handles.append(h)
-                labels.append(lb)
-    fig.legend(
-        handles,
-        labels,
-        loc="lower center",
-        ncol=min(3, len(labels)),
-        fontsize=8,
-        bbox_to_anchor=(0.5, -0.02 - 0.05 * math.ceil(len(labels) / 3)),
-    )
+    for row, (levels, keys) in enumerate(sweeps.items()):
+        for i, key in enumerate(keys):
+            cs = sorted(series[key], key=lambda c: c["level"])
+            label = f"{key[1]} ({key[2]}, {key[0]})"
+            for col, (m, _) in enumerate(panels):
+                pts = [c for c in cs if _ok(c.get(m))]
+                if not pts:
+                    continue
+                axes[row, col].errorbar(
+                    [c["level"] for c in pts],
+                    [c[m]["estimate"] for c in pts],
+                    yerr=[
+                        [c[m]["estimate"] - c[m]["low"] for c in pts],
+                        [c[m]["high"] - c[m]["estimate"] for c in pts],
+                    ],
+                    marker="o",
+                    capsize=3,
+                    lw=1.2,
+                    ms=4,
+                    color=colours[i % len(colours)],
+                    label=label,
+                )
+        log = min(levels) > 0 and max(levels) / min(levels) >= 4  # widths: a doubling scale
+        for col, (_, title) in enumerate(panels):
+            ax = axes[row, col]
+            if log:
+                ax.set_xscale("log", base=2)
+            ax.set_xticks(levels)
+            ax.set_xticklabels([f"{v:g}" for v in levels], fontsize=7)
+            ax.set_xlabel("level: " + ", ".join(sorted({k[1] for k in keys})), fontsize=8)
+            ax.set_title(title, fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.margins(x=0.08, y=0.12)  # error bars and end points never touch the frame
+        axes[row, 0].legend(fontsize=7, loc="best")
     fig.suptitle("dose-response (95 % intervals over seeds and test images)", fontsize=10)
     return _save(fig, path, dpi=110)
 
