@@ -239,3 +239,31 @@ def test_write_summary_files_and_cli(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     assert main(["eval", "summarize", str(bad), "--out", str(out)]) != 0
+
+
+def test_per_image_values_line_up_with_the_test_files() -> None:
+    from egosynth.eval.evaluate import SplitData, per_image
+    from egosynth.eval.metrics import AlignmentScores
+
+    meta = [{"label": 0, "cue": 0}, {"label": 1, "cue": 2}, {"label": 2, "cue": 2}]
+    data = SplitData(
+        np.zeros((3, 2, 2, 3), np.float32),
+        np.zeros((3, 2, 2), np.float32),
+        np.array([0, 1, 2]),
+        ["a", "b", "c"],
+        meta,
+    )
+    scores = AlignmentScores(np.array([0.1, np.nan, 0.3]), np.zeros(3), np.zeros(3))
+    out = per_image(scores, data, np.array([0, 0, 2]))
+    assert out["correct"] == [True, False, True]
+    assert out["cue_conflict"] == [False, True, False]
+    assert out["spearman"][0] == 0.1 and np.isnan(out["spearman"][1])
+    # through JSON (NaN -> null) and back into the summary's alignment values
+    from egosynth.eval.report import _jsonable
+    from egosynth.eval.summary import _values
+
+    row = json.loads(json.dumps(_jsonable({"per_image": out})))
+    v = _values(row, "alignment")
+    assert np.isnan(v[1]) and v[2] == pytest.approx(0.3 / HUMAN_SPEARMAN_CEILING)
+    assert _values(row, "accuracy_cue_conflict").tolist() == [0.0]
+    assert "correct" not in per_image(scores, data)  # label-free rows have no correctness
