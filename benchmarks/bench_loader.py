@@ -15,6 +15,11 @@ decode threads (one per CPU, up to 4); (a1) is the same loader held to one decod
 column to compare with the single-threaded memmap copy.
 
     .venv/bin/python benchmarks/bench_loader.py            # ~1 min on 2 cores
+    EGOSYNTH_STORE_FAST=0 .venv/bin/python benchmarks/bench_loader.py   # (a) through plain zarr
+
+The store's fast path (egosynth/store/_fast.py: raw frames mapped and checked once, Blosc chunks
+decoded into the batch) is on unless EGOSYNTH_STORE_FAST=0; comparing the two runs (and the two
+with --rgb lz4 --cache-mb 32, which decodes every epoch) shows what it buys.
 
 As in training, each loader lives across epochs: epoch 0 starts cold (store not yet opened,
 empty cache, cache memory fresh from the OS), later epochs reuse what the cache kept. Per epoch
@@ -41,6 +46,7 @@ from tqdm import tqdm
 from egosynth.data import WindowLoader
 from egosynth.data.synthetic import prepare
 from egosynth.store import RGB_LAYOUTS
+from egosynth.store import _fast as fast_path
 
 
 def photo_frames(n: int, height: int, width: int, k: int) -> np.ndarray:
@@ -219,7 +225,8 @@ def main() -> None:
             f"rgb {'raw frames' if args.rgb == 'raw' else f'Blosc lz4 clevel {args.clevel}'}, "
             f"rgb only; on disk: npy {rgb_mb:.0f} MiB, store {store_mb:.0f} MiB, mp4 "
             f"{mp4_mb:.1f} MiB. Windows of T={args.length}, skip {args.skip}, batch "
-            f"{args.batch}, (seed 0, epoch 0) order, one process, cache {args.cache_mb} MiB."
+            f"{args.batch}, (seed 0, epoch 0) order, one process, cache {args.cache_mb} MiB, "
+            f"store fast path {'on' if fast_path.enabled() else f'OFF ({fast_path.SWITCH}=0)'}."
         )
         for m in memmaps:  # page cache warm for every path (the store was just written too)
             m.sum()

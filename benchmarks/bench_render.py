@@ -9,6 +9,10 @@ Prints, measured side by side in one run on the demo scenes:
 - Blosc lz4 vs zstd (level 5, byte shuffle) on the same rendered frames: write MB/s and size.
 
     .venv/bin/python benchmarks/bench_render.py [--clips 4] [--seconds 4] [--width 128 --height 96]
+
+EGOSYNTH_STORE_FAST=0 writes every chunk through plain zarr instead of the store's fast path
+(egosynth/store/_fast.py and the writer's array documents made once per layout): the two
+runs' "store write time / render time" show what the fast writer buys.
 """
 
 from __future__ import annotations
@@ -95,7 +99,10 @@ def main() -> None:
     res = sset.resolution.model_copy(update={"width": args.width, "height": args.height})
     sset = sset.model_copy(update={"clip_seconds": args.seconds, "resolution": res})
     tmp = Path(tempfile.mkdtemp(prefix="bench_render_"))
-    print(f"load average at start: {_load()}")
+    from egosynth.store import _fast as fast_path  # EGOSYNTH_STORE_FAST=0: writes via zarr
+
+    fast = "on" if fast_path.enabled() else "OFF"
+    print(f"load average at start: {_load()}; store fast path {fast}")
     t0 = time.perf_counter()
     from egosynth.orchestration import init_local_ray
 
