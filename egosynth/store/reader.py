@@ -88,7 +88,7 @@ class Clip:
         """The clip's attributes, typed (a malformed one is a one-line error)."""
         return ClipMeta.from_attrs(self.attrs, self.clip_id)
 
-    @property
+    @cached_property
     def labels(self) -> LabelTable:
         """The clip's label table (empty when it records none)."""
         return LabelTable.from_json(self.attrs.get("labels"), f"clip {self.clip_id}")
