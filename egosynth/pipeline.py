@@ -7,6 +7,9 @@ result (its command, resolved arguments, the fingerprints of the stages it needs
 contents of the config files it names). A rerun skips a stage whose marker matches and whose
 outputs exist; change anything upstream and everything downstream reruns.
 
+Matrix stages (`matrix: {seed: [0, 1]}`) run once per combination of values
+(`expand_matrix`); `extends: base.yaml` reuses another pipeline's vars and stages.
+
 Variables: `{workdir}` and every key of `vars:` (overridable with `--set key=value`, which
 also overrides `workdir`) are substituted into arguments and outputs. Relative paths are
 relative to the working directory the pipeline is run from (normally the repository root).
@@ -97,9 +100,36 @@ class StageResult:
     outputs: list[Path]
 
 
+def _read_extended(path: Path, trail: tuple[Path, ...] = ()) -> Any:
+    """A pipeline document with `extends: <file>` merged onto the file it names.
+
+    The base's vars and stages come first; the extending file's vars override them and its
+    stages replace same-named ones or add new ones (a GPU-sized copy of a CPU pipeline shares
+    its stage definitions instead of repeating them). Its name and workdir are its own.
+    """
+    data = read_yaml(path)
+    if not isinstance(data, dict) or "extends" not in data:
+        return data
+    base_file = data.pop("extends")
+    if not isinstance(base_file, str) or not base_file:
+        raise ConfigError(path, "extends", base_file, "expected a pipeline file name")
+    base_path = (path.parent / base_file).resolve()
+    if base_path in (*trail, path.resolve()):
+        raise ConfigError(path, "extends", base_file, "pipelines extend each other in a cycle")
+    if not base_path.is_file():
+        raise ConfigError(path, "extends", base_file, f"no such file ({base_path})")
+    base = _read_extended(base_path, (*trail, path.resolve()))
+    if not isinstance(base, dict):
+        raise ConfigError(path, "extends", base_file, "the base is not a pipeline mapping")
+    merged = {**{k: v for k, v in base.items() if k not in ("name", "workdir")}, **data}
+    merged["vars"] = {**(base.get("vars") or {}), **(data.get("vars") or {})}
+    merged["stages"] = {**(base.get("stages") or {}), **(data.get("stages") or {})}
+    return merged
+
+
 def load_pipeline(path: str | Path, overrides: dict[str, str] | None = None) -> Pipeline:
     path = resolve(path, "config")
-    data = read_yaml(path)
+    data = _read_extended(Path(path))
     if isinstance(data, dict) and overrides:
         data = {**data, "vars": {**(data.get("vars") or {}), **overrides}}
     pipe: Pipeline = validate(Pipeline, data, path)

@@ -29,14 +29,20 @@ def _plan(path: Path, overrides: dict | None = None):
 
 
 STAGES = {
-    "make": {"command": "trajectory", "matrix": {"level": "{levels}"},
-             "args": ["x.yaml", "--out", "{workdir}/m{level}.npz"],
-             "outputs": ["{workdir}/m{level}.npz"]},
-    "fit": {"command": "trajectory", "needs": ["make"],
-            "matrix": {"level": "{levels}", "seed": [0, 1]},
-            "args": ["x.yaml", "--out", "{workdir}/f{level}_{seed}.npz"]},
+    "make": {
+        "command": "trajectory",
+        "matrix": {"level": "{levels}"},
+        "args": ["x.yaml", "--out", "{workdir}/m{level}.npz"],
+        "outputs": ["{workdir}/m{level}.npz"],
+    },
+    "fit": {
+        "command": "trajectory",
+        "needs": ["make"],
+        "matrix": {"level": "{levels}", "seed": [0, 1]},
+        "args": ["x.yaml", "--out", "{workdir}/f{level}_{seed}.npz"],
+    },
     "report": {"command": "trajectory", "needs": ["fit"], "args": ["x.yaml", "--out", "r"]},
-}  # fmt: skip
+}
 
 
 def test_matrix_expands_and_matches_needs_on_shared_keys(tmp_path: Path) -> None:
@@ -63,6 +69,40 @@ def test_set_resizes_a_sweep_and_bad_matrices_are_refused(tmp_path: Path) -> Non
     shadow = {**STAGES, "make": {**STAGES["make"], "matrix": {"levels": "0,1"}}}
     with pytest.raises(ConfigError, match="shadows"):
         _plan(_write(tmp_path, shadow, {"levels": "0"}))
+
+
+def test_extends_merges_vars_and_stages_and_refuses_cycles(tmp_path: Path) -> None:
+    base = _write(tmp_path, STAGES, {"levels": "0,0.5,1", "other": "x"})
+    child = tmp_path / "child.yaml"
+    extra = {"command": "trajectory", "args": ["x.yaml", "--out", "{other}"]}
+    child.write_text(
+        yaml.safe_dump(
+            {
+                "name": "c",
+                "extends": base.name,
+                "vars": {"levels": "0,1"},
+                "stages": {"extra": extra},
+            }
+        )
+    )
+    pipe = load_pipeline(child)
+    assert pipe.name == "c" and pipe.vars == {"levels": "0,1", "other": "x"}
+    assert set(pipe.stages) == {"make", "fit", "report", "extra"}
+    assert len(_plan(child)) == 2 + 4 + 1 + 1
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(yaml.safe_dump({"name": "l", "extends": "loop.yaml", "stages": STAGES}))
+    with pytest.raises(ConfigError, match="cycle"):
+        load_pipeline(loop)
+
+
+def test_experiments_shares_the_science_stages() -> None:
+    sci = load_pipeline(SCIENCE)
+    exp = load_pipeline(REPO / "pipelines" / "experiments.yaml")
+    for name in ("supervised", "harmonized", "widths", "select_lambda", "controls", "summary"):
+        assert exp.stages[name] == sci.stages[name]
+    assert int(exp.vars["enc_steps"]) > int(sci.vars["enc_steps"])
+    assert int(exp.vars["baseline_steps"]) > int(sci.vars["baseline_steps"])
+    assert "predictive" in " ".join(map(str, exp.stages["eval_encoders"].args))
 
 
 def test_science_pipeline_design() -> None:
@@ -103,8 +143,12 @@ def test_twin_validation_split_leaves_train_and_test_images_alone(tmp_path: Path
     # the tiny store has 2 clips per scene: no room for a validation clip
     store = write_tiny_store(tmp_path / "tiny.zarr")
     with pytest.raises(Exception, match="validation"):
-        export_twin(store, tmp_path / "v", TwinConfig(stride=1, crop=32, min_object_px=20,
-                                                      validation=True), progress=False)  # fmt: skip
+        export_twin(
+            store,
+            tmp_path / "v",
+            TwinConfig(stride=1, crop=32, min_object_px=20, validation=True),
+            progress=False,
+        )
 
 
 @pytest.mark.slow
@@ -117,8 +161,8 @@ def test_science_pipeline_tiny(tmp_path: Path) -> None:
         "workdir": str(tmp_path / "science"),
         "set": "scene_configs/sets/demo.yaml",  # mesh renders: no NeRF needed for the plumbing
         "toddler_set": "scene_configs/sets/demo.yaml",
-        "clips": "3",
-        "seconds": "2",
+        "clips": "4",
+        "seconds": "4",
         "levels": "0,0.5,1.0",
         "seeds": "0,1",
         "lambdas": "0.3,3",
@@ -151,13 +195,22 @@ def test_science_pipeline_tiny(tmp_path: Path) -> None:
                 assert c[m]["low"] <= c[m]["estimate"] <= c[m]["high"], (series, lv, m)
     for w in (4.0, 8.0, 12.0):
         assert conds[("twin_s0", "width", w, "classifier")]["alignment"]["n_groups"] == 2
-    for arm in ("slow-reference", "slow-whole-frame", "slow-mono", "slow-mesh-trained",
-                "slow-toddler"):  # fmt: skip
+    for arm in (
+        "slow-reference",
+        "slow-whole-frame",
+        "slow-mono",
+        "slow-mesh-trained",
+        "slow-toddler",
+    ):
         for ds in ("twin_s0", "twin_mesh_s0"):
             assert len(conds[(ds, arm, None, "probe")]["seeds"]) == 2
     trends = {(t["series"], t["measure"]) for t in s["trends"]}
-    assert {("supervised", "alignment"), ("harmonized", "alignment"), ("width", "alignment"),
-            ("supervised", "accuracy_cue_conflict")} <= trends  # fmt: skip
+    assert {
+        ("supervised", "alignment"),
+        ("harmonized", "alignment"),
+        ("width", "alignment"),
+        ("supervised", "accuracy_cue_conflict"),
+    } <= trends
     ceiling = conds[("twin_s0", "noise-ceiling", None, "control")]["alignment"]
     shuffled = conds[("twin_s0", "shuffled-human", None, "control")]["alignment"]
     assert ceiling["low"] > shuffled["high"]  # the ceiling sits clearly above the null floor
