@@ -99,6 +99,6 @@ def mask_views_picture(
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     img = np.concatenate(rows, 0)
-    zoom = max(1, 512 // img.shape[1])  # small captures: nearest-neighbour up to ~512 px wide
+    zoom = max(1, 768 // img.shape[1])  # small captures: nearest-neighbour up to ~768 px wide
     iio.imwrite(path, img.repeat(zoom, 0).repeat(zoom, 1))
     return path
