@@ -426,3 +426,25 @@ def test_scale_from_distance_points_parse() -> None:
         (10.0, 20.5),
     )
     assert _point("1,2", "P1") is None and _point("a:b,c", "P1") is None
+
+
+def test_written_scene_works_with_trajectory_cli(onboarded, tmp_path: Path) -> None:
+    """write_onboarded's files: the bundle reads back annotated and `egosynth trajectory` runs
+    on the scene config beside it with no edits (rendering it needs the NeRF: the benchmark)."""
+    from egosynth.cli import main
+    from egosynth.nerf.bundle import read_bundle
+    from egosynth.onboard.pipeline import write_onboarded
+
+    result, _ = onboarded
+    bundle = tmp_path / "mine"
+    bundle.mkdir()
+    shutil.copy(REPO_ROOT / "scene_bundles" / "room_0" / "bundle.json", bundle / "bundle.json")
+    (bundle / "weights.pt").write_bytes(b"never read")
+    write_onboarded(bundle, result, tmp_path / "mine.yaml")
+    b = read_bundle(bundle)
+    assert b.meta.world_from_scene == result.world_from_scene
+    assert b.annotations is not None and len(b.annotations.objects) == len(result.objects)
+    assert read_masks(bundle).names() == result.masks.names()
+    (tmp_path / "set.yaml").write_text("name: s\nscenes: [mine.yaml]\nclip_seconds: 2.0\n")
+    assert main(["trajectory", str(tmp_path / "set.yaml"), "--out", str(tmp_path / "t.npz")]) == 0
+    assert np.load(tmp_path / "t.npz")["eye_to_world"].shape[:3] == (1, 20, 2)
