@@ -295,8 +295,10 @@ def plot_alignment_accuracy(
 ) -> Path | None:
     """Alignment against accuracy per condition, error bars both ways; controls as lines.
 
-    `reference`: optional published points ({"name", "accuracy", "alignment"}), drawn as grey
-    crosses (the harmonization paper's ImageNet models; the repository ships none).
+    One panel per test set (its own legend below it), so that the conditions of one data set
+    are compared with that data set's controls only. `reference`: optional published points
+    ({"name", "accuracy", "alignment"}), grey crosses in every panel (the harmonization
+    paper's ImageNet models; the repository ships none).
     """
     import matplotlib
 
@@ -306,68 +308,76 @@ def plot_alignment_accuracy(
 
     from egosynth.eval.report import _save
 
-    pts = [c for c in summary["conditions"] if _ok(c.get("alignment")) and _ok(c.get("accuracy"))]
-    lines = [
-        c for c in summary["conditions"] if _ok(c.get("alignment")) and not _ok(c.get("accuracy"))
-    ]
-    if not pts and not lines:
+    conds = [c for c in summary["conditions"] if _ok(c.get("alignment"))]
+    if not conds:
         return None
-    fig, ax = plt.subplots(figsize=(8, 5))
-    names = sorted({(c["series"], c["scoring"], c["dataset"]) for c in pts})
+    datasets = sorted({c["dataset"] for c in conds})
+    n_entries = max(len({c["series"] for c in conds if c["dataset"] == d}) for d in datasets)
+    fig, axes = plt.subplots(
+        1,
+        len(datasets),
+        figsize=(6.2 * len(datasets), 4.6 + 0.17 * n_entries),
+        squeeze=False,
+        sharey=True,
+    )
     colours = plt.get_cmap("tab10").colors
     markers = "osD^v<>p"
-    handles = []
-    for i, name in enumerate(names):
-        col, mk = colours[i % len(colours)], markers[(i // len(colours)) % len(markers)]
-        cs = [c for c in pts if (c["series"], c["scoring"], c["dataset"]) == name]
-        for c in cs:
-            x, xe = _err(c["accuracy"])
-            y, ye = _err(c["alignment"])
-            ax.errorbar(x, y, xerr=xe, yerr=ye, marker=mk, color=col, ms=5, capsize=2, lw=0.8)
-        levels = [c["level"] for c in cs if c["level"] is not None]
-        if len(levels) > 1:  # connect a series in level order; the legend names its ends
-            cs = sorted(cs, key=lambda c: c["level"])
-            ax.plot(
-                [c["accuracy"]["estimate"] for c in cs],
-                [c["alignment"]["estimate"] for c in cs],
-                color=col,
-                lw=0.6,
-                alpha=0.6,
-            )
-        span = f", level {min(levels):g}..{max(levels):g}" if levels else ""
-        handles.append(
-            Line2D(
-                [], [], color=col, marker=mk, ls="", label=f"{name[0]} ({name[1]}, {name[2]}{span})"
-            )
-        )
     styles = ["--", ":", "-.", (0, (5, 1, 1, 1))]
-    for j, c in enumerate(lines):  # controls without accuracy: horizontal reference lines
-        iv = c["alignment"]
-        ls = styles[j % len(styles)]
-        ax.axhline(iv["estimate"], color="grey", ls=ls, lw=1)
-        ax.axhspan(iv["low"], iv["high"], color="grey", alpha=0.12)
-        handles.append(
-            Line2D(
-                [],
-                [],
-                color="grey",
-                ls=ls,
-                label=f"{c['series']} ({c['dataset']}): {iv['estimate']:.2f}",
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        here = [c for c in conds if c["dataset"] == dataset]
+        pts = [c for c in here if _ok(c.get("accuracy"))]
+        lines = [c for c in here if not _ok(c.get("accuracy"))]
+        names = sorted({(c["series"], c["scoring"]) for c in pts})
+        handles = []
+        for i, name in enumerate(names):
+            col, mk = colours[i % len(colours)], markers[(i // len(colours)) % len(markers)]
+            cs = [c for c in pts if (c["series"], c["scoring"]) == name]
+            for c in cs:
+                x, xe = _err(c["accuracy"])
+                y, ye = _err(c["alignment"])
+                ax.errorbar(x, y, xerr=xe, yerr=ye, marker=mk, color=col, ms=5, capsize=2, lw=0.8)
+            levels = [c["level"] for c in cs if c["level"] is not None]
+            if len(levels) > 1:  # connect a series in level order; the legend names its ends
+                cs = sorted(cs, key=lambda c: c["level"])
+                ax.plot(
+                    [c["accuracy"]["estimate"] for c in cs],
+                    [c["alignment"]["estimate"] for c in cs],
+                    color=col,
+                    lw=0.6,
+                    alpha=0.6,
+                )
+            span = f", level {min(levels):g} to {max(levels):g}" if levels else ""
+            handles.append(
+                Line2D([], [], color=col, marker=mk, ls="", label=f"{name[0]} ({name[1]}{span})")
             )
+        for j, c in enumerate(lines):  # controls without accuracy: horizontal bands
+            iv = c["alignment"]
+            ls = styles[j % len(styles)]
+            ax.axhline(iv["estimate"], color="grey", ls=ls, lw=1)
+            ax.axhspan(iv["low"], iv["high"], color="grey", alpha=0.12)
+            handles.append(
+                Line2D([], [], color="grey", ls=ls, label=f"{c['series']}: {iv['estimate']:.2f}")
+            )
+        for r in reference:
+            ax.scatter(r["accuracy"], r["alignment"], marker="x", color="dimgrey", s=25)
+        if reference:
+            handles.append(
+                Line2D([], [], color="dimgrey", marker="x", ls="", label="published (reference)")
+            )
+        ax.set_xlabel("accuracy (test split, held-out clips)")
+        ax.set_title(dataset, fontsize=10)
+        ax.axhline(0, color="black", lw=0.4)
+        ax.margins(0.08)
+        ax.grid(alpha=0.3)
+        ax.legend(
+            handles=handles,
+            fontsize=7,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.14),
+            ncol=2 if len(handles) > 6 else 1,
         )
-    for r in reference:
-        ax.scatter(r["accuracy"], r["alignment"], marker="x", color="dimgrey", s=25)
-    if reference:
-        handles.append(
-            Line2D([], [], color="dimgrey", marker="x", ls="", label="published (reference)")
-        )
-    ax.set_xlabel("accuracy (test split, held-out clips)")
-    ax.set_ylabel("alignment (Spearman / 0.65753)")
-    ax.axhline(0, color="black", lw=0.4)
-    ax.margins(0.08)
-    ax.grid(alpha=0.3)
-    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    ax.set_title("alignment against accuracy (95 % intervals)", fontsize=10)
+    axes[0, 0].set_ylabel("alignment (Spearman / 0.65753)")
+    fig.suptitle("alignment against accuracy (95 % intervals; grey bands: controls)", fontsize=10)
     return _save(fig, path, dpi=110)
 
 
