@@ -4,6 +4,9 @@
     egosynth eval twin-export outputs/demo.zarr --out twins/s1 --shortcut 1
     egosynth eval baseline twins/s1 --out baselines/s1.pt [--harmonize 1]
     egosynth eval twin twins/s0 twins/s1 --checkpoint a.pt --checkpoint b.pt --out report/
+    egosynth eval controls twins/s0 --out controls/          (docs/science.md)
+    egosynth eval select twins/s1 --checkpoint lambdas/ --out selection.json
+    egosynth eval summarize report/ controls/ --out summary/
 
 Nothing heavy is imported at module level (torch, zarr are imported by the handlers).
 """
