@@ -448,3 +448,18 @@ def test_written_scene_works_with_trajectory_cli(onboarded, tmp_path: Path) -> N
     (tmp_path / "set.yaml").write_text("name: s\nscenes: [mine.yaml]\nclip_seconds: 2.0\n")
     assert main(["trajectory", str(tmp_path / "set.yaml"), "--out", str(tmp_path / "t.npz")]) == 0
     assert np.load(tmp_path / "t.npz")["eye_to_world"].shape[:3] == (1, 20, 2)
+
+
+def test_corrupt_lifted_masks_are_one_line_errors(onboarded, tmp_path: Path) -> None:
+    result, _ = onboarded
+    write_masks(tmp_path, result.masks)
+    meta = json.loads((tmp_path / "masks.json").read_text())
+    for key, value, expect in (
+        ("voxel_m", -1, "field 'voxel_m' = -1"),
+        ("world_from_scene", [[1, 0]], "field 'world_from_scene'"),
+        ("objects", [{**meta["objects"][0], "shape": [1, 2, 3]}], "field 'objects.0.shape'"),
+    ):
+        (tmp_path / "masks.json").write_text(json.dumps({**meta, key: value}))
+        with pytest.raises(EgosynthError) as exc:
+            read_masks(tmp_path)
+        assert expect in str(exc.value) and "\n" not in str(exc.value)
