@@ -303,7 +303,7 @@ def test_windows_read_back_exactly(
 
 
 def test_every_field_has_the_documented_shape(store: Path) -> None:
-    from egosynth.data.core import ALL_FIELDS
+    from egosynth.data.reader import ALL_FIELDS
 
     loader = WindowLoader(store, length=3, batch_size=2, fields=ALL_FIELDS, eyes=(1,))
     b = next(iter(loader))

@@ -51,13 +51,13 @@ def test_schema_imports_neither_zarr_nor_torch_and_the_switch_is_read_from_the_e
 
 
 def test_the_loader_takes_its_field_names_from_the_schema() -> None:
-    from egosynth.data import core
+    from egosynth.data import reader
 
-    assert core.ALL_FIELDS == ARRAY_NAMES == (*FRAME_ARRAYS, *CLIP_ARRAYS)
-    assert core.IMAGE_FIELDS == tuple(IMAGE_ARRAYS)
-    assert core.FRAME_FIELDS == (*IMAGE_ARRAYS, *META_ARRAYS)
-    assert core.EYED_FRAME_FIELDS == EYED_FRAME_ARRAYS == (*IMAGE_ARRAYS, "cam_to_world")
-    assert core.CLIP_FIELDS == CLIP_ARRAYS == ("intrinsics",)
+    assert reader.ALL_FIELDS == ARRAY_NAMES == (*FRAME_ARRAYS, *CLIP_ARRAYS)
+    assert reader.IMAGE_FIELDS == tuple(IMAGE_ARRAYS)
+    assert reader.FRAME_FIELDS == (*IMAGE_ARRAYS, *META_ARRAYS)
+    assert reader.EYED_FRAME_FIELDS == EYED_FRAME_ARRAYS == (*IMAGE_ARRAYS, "cam_to_world")
+    assert reader.CLIP_FIELDS == CLIP_ARRAYS == ("intrinsics",)
     assert array_shape("rgb", 5, 3, 4) == (5, 2, 3, 4, 3) and array_dtype("depth") == "float16"
     assert array_shape("cam_to_world", 5, 3, 4) == (5, 2, 4, 4)
     assert array_shape("intrinsics", 5, 3, 4) == (2, 3, 3)

@@ -21,12 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
-from egosynth.data.core import (
-    LoaderConfig,
-    WindowLoader,
-    epoch_order,
-    used_windows,
-)
+from egosynth.data.core import LoaderConfig, WindowLoader
+from egosynth.data.index import epoch_order, used_windows
 from egosynth.errors import EgosynthError
 
 
@@ -229,7 +225,7 @@ class EpochSampler(Sampler[int]):
         world_size: int | None = None,
         drop_last: bool = False,
     ) -> None:
-        from egosynth.data.core import Shard, env_rank_world
+        from egosynth.data.index import Shard, env_rank_world
 
         rank, world_size = _dist_rank_world(rank, world_size)
         env_rank, env_world = env_rank_world()

@@ -229,7 +229,7 @@ def store_loader(
     LoaderConfig; rgb and, for foveal training, the gaze fields): sharded by rank (from
     torchrun's environment), resumable through its state_dict, full batches only (batch
     statistics, BatchNorm and SFA constraints, want them)."""
-    from egosynth.data.core import ClipInfo
+    from egosynth.data.index import ClipInfo
     from egosynth.data.torch import WindowDataLoader, WindowIterableDataset
 
     opened = open_store(store)
