@@ -202,7 +202,8 @@ def markdown(summary: dict[str, Any]) -> str:
             p = (
                 "-"
                 if t["p_value"] is None or not math.isfinite(t["p_value"])
-                else f"{t['p_value']:.4f}"
+                # small p in scientific notation: 0.0000 would hide the permutation floor
+                else (f"{t['p_value']:.4f}" if t["p_value"] >= 1e-3 else f"{t['p_value']:.1e}")
             )
             rho = "-" if not math.isfinite(t["rho"]) else f"{t['rho']:+.3f}"
             kind = "exact" if t["exact"] else f"{t['n_permutations']} permutations"
