@@ -22,7 +22,6 @@ from egosynth.train import checkpoint as ckpt
 from egosynth.train.config import TrainConfig, parse_objectives
 from egosynth.train.data import (
     CategoryTable,
-    StoreWindows,
     batch_categories,
     probe_from_store,
     split_clips,
@@ -121,20 +120,15 @@ def test_tiny_run_on_default_store(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- resume
-def _memory_data(store: Path) -> StoreWindows:
-    # 2 training clips x 5 windows = 10 windows -> 2 batches of 4 per epoch (drop_last).
-    return StoreWindows(store, ["room_0-0000", "room_1-0000"], 8, 4, 4, seed=5)
-
-
 def _loader_data(store: Path):
+    # 2 training clips x 5 windows = 10 windows -> 2 batches of 4 per epoch (drop_last).
     cfg = LoaderConfig(length=8, stride=4, skip=1, batch_size=4, seed=5, fields=("rgb",))
     return store_loader(store, ["room_0-0000", "room_1-0000"], torch.device("cpu"), cfg)
 
 
-@pytest.mark.parametrize("source", ["memory", "loader"])
 @pytest.mark.parametrize("stop", [2, 3])  # 2 closes an epoch exactly; 3 is mid-epoch
-def test_resume_reproduces_loss_curve(store: Path, tmp_path: Path, source: str, stop: int):
-    make = _memory_data if source == "memory" else _loader_data
+def test_resume_reproduces_loss_curve(store: Path, tmp_path: Path, stop: int):
+    make = _loader_data
     full = Trainer(tiny_cfg(), make(store), out=tmp_path / "full")
     reference = loss_curve(full.fit())
     assert len(reference) == 6
@@ -153,10 +147,10 @@ def test_resume_reproduces_loss_curve(store: Path, tmp_path: Path, source: str, 
 
 
 def test_resume_refuses_other_model(store: Path, tmp_path: Path) -> None:
-    Trainer(tiny_cfg(steps=1), _memory_data(store), out=tmp_path).fit()
+    Trainer(tiny_cfg(steps=1), _loader_data(store), out=tmp_path).fit()
     other = tiny_cfg(steps=2, encoder=EncoderConfig(width=8, layers=(1, 1), embed_dim=8))
     with pytest.raises(EgosynthError, match="model settings"):
-        Trainer(other, _memory_data(store), out=tmp_path).fit(resume="latest")
+        Trainer(other, _loader_data(store), out=tmp_path).fit(resume="latest")
 
 
 # --------------------------------------------------------------------------- collapse
@@ -166,7 +160,9 @@ def test_slowness_with_sfa_constraints_does_not_collapse(store: Path) -> None:
     probe = probe_from_store(store, train, held, window=8, limit=8)
     cfg = tiny_cfg(objectives=("slow",), steps=40, diag_every=20, lr=3e-3,
                    encoder=EncoderConfig(width=4, layers=(1, 1), embed_dim=8))  # fmt: skip
-    trainer = Trainer(cfg, StoreWindows(store, train, 8, 2, 8, seed=0), probe=probe)
+    lcfg = LoaderConfig(length=8, stride=2, batch_size=8, seed=0, fields=("rgb",))
+    data = store_loader(store, train, torch.device("cpu"), lcfg)
+    trainer = Trainer(cfg, data, probe=probe)
     hist = trainer.fit()
     ranks = [h["diag/effective_rank"] for h in hist if "diag/effective_rank" in h]
     assert len(ranks) == 3  # step 0, 20, 40
@@ -181,8 +177,14 @@ def test_probe_labels_from_instance_masks(store: Path) -> None:
 
     table = CategoryTable.from_store(ClipStore(store))
     assert table.names == sorted(set(table.names)) and "dog" in table.names
-    batch = next(iter(StoreWindows(store, ["room_0-0000"], 4, 4, 2, shuffle=False)))
-    cats = batch_categories(batch, table)
+    from egosynth.data import WindowLoader
+
+    loader = WindowLoader(store, length=4, stride=4, batch_size=2, shuffle=False,
+                          fields=("instance",))  # fmt: skip
+    batch = next(iter(loader))
+    opened = ClipStore(store)
+    scenes = [opened.clip(loader.index.clips[c].clip_id).scene for c in batch["clip"]]
+    cats = batch_categories(batch["instance"], scenes, table)
     assert cats.shape == (2, 4)
     assert int(cats.min()) >= -1 and int(cats.max()) < len(table.names)
 

@@ -1,20 +1,15 @@
 """Windows of frames from a clip store, for the trainer and its diagnostics.
 
-A small, deterministic, in-memory reader (clips are read whole once through
-`egosynth.store.ClipStore`), used when the streaming loader (`egosynth.data`) is not asked for
-and for the probe sets. Batches are dicts:
-
-    rgb       (B, T, E, H, W, 3) uint8   as stored (channels last, eye 0 = left)
-    instance  (B, T, E, H, W)    int32   (0 = background)
-    scene     list of B scene names; clip: list of B clip ids; start: list of B first frames
-
-Windows are shuffled per epoch from (seed, epoch) and sharded by DDP rank (window i goes to
-rank i % world), so every rank sees a disjoint, equally long share.
+Everything here reads through the streaming loader (`egosynth.data`), in its one batch layout
+(docs/loader.md): `store_loader` feeds the trainer, `probe_from_store` collects the held-out
+diagnostics windows (rgb (N, T, E, 3, H, W) uint8) and, from whole clips, object crops.
+`CategoryTable` maps each scene's instance ids to object categories from the store's label
+table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,88 +56,15 @@ class CategoryTable:
         return cls(names, by_scene)
 
 
-class StoreWindows:
-    """Iterable of batches of windows (see module doc). Call `set_epoch` to reshuffle."""
-
-    def __init__(
-        self,
-        path: str | Path,
-        clip_ids: Sequence[str] | None = None,
-        window: int = 8,
-        stride: int = 4,
-        batch_size: int = 8,
-        seed: int = 0,
-        shuffle: bool = True,
-        rank: int = 0,
-        world: int = 1,
-        drop_last: bool = True,
-    ) -> None:
-        store = open_store(path)
-        self.clip_ids = list(clip_ids) if clip_ids is not None else store.clip_ids()
-        if not self.clip_ids:
-            raise EgosynthError(f"{path}: no complete clips to train on")
-        self.window, self.batch_size, self.seed = window, batch_size, seed
-        self.shuffle, self.rank, self.world, self.drop_last = shuffle, rank, world, drop_last
-        self.epoch = 0
-        self.rgb: dict[str, np.ndarray] = {}
-        self.instance: dict[str, np.ndarray] = {}
-        self.scene: dict[str, str] = {}
-        self.windows: list[tuple[str, int]] = []
-        for cid in self.clip_ids:
-            clip = store.clip(cid)
-            arrays = clip.read(names=["rgb", "instance"])
-            self.rgb[cid] = arrays["rgb"]
-            self.instance[cid] = arrays["instance"].astype(np.int32)
-            self.scene[cid] = clip.scene
-            if clip.n_frames < window:
-                raise EgosynthError(
-                    f"{path}: clip {cid} has {clip.n_frames} frames, fewer than window = {window}"
-                )
-            self.windows += [(cid, s) for s in range(0, clip.n_frames - window + 1, stride)]
-        if len(self.windows) // world < (batch_size if drop_last else 1):
-            raise EgosynthError(
-                f"{path}: {len(self.windows)} windows over {world} ranks cannot fill one batch "
-                f"of batch_size = {batch_size}"
-            )
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _order(self) -> list[tuple[str, int]]:
-        order = list(self.windows)
-        if self.shuffle:
-            perm = np.random.default_rng([self.seed, self.epoch]).permutation(len(order))
-            order = [order[i] for i in perm]
-        return order[self.rank :: self.world]
-
-    def __len__(self) -> int:
-        n = len(self._order())
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self) -> Iterator[dict]:
-        order = self._order()
-        for b in range(len(self)):
-            items = order[b * self.batch_size : (b + 1) * self.batch_size]
-            t = self.window
-            yield {
-                "rgb": torch.from_numpy(np.stack([self.rgb[c][s : s + t] for c, s in items])),
-                "instance": torch.from_numpy(
-                    np.stack([self.instance[c][s : s + t] for c, s in items])
-                ),
-                "scene": [self.scene[c] for c, _ in items],
-                "clip": [c for c, _ in items],
-                "start": [s for _, s in items],
-            }
-
-
-def batch_categories(batch: dict, table: CategoryTable) -> torch.Tensor:
-    """(B, T) category index of each frame's dominant object over both eyes (-1 = none)."""
+def batch_categories(instance: Any, scenes: Sequence[str], table: CategoryTable) -> torch.Tensor:
+    """(B, T) category index of each frame's dominant object over both eyes (-1 = none), from
+    instance masks (B, T, E, H, W) of windows of the given scenes."""
     from egosynth.train.diagnostics import frame_categories
 
-    inst = batch["instance"].numpy()
+    inst = np.asarray(instance)
     b, t = inst.shape[:2]
     out = np.full((b, t), -1, np.int64)
-    for i, scene in enumerate(batch["scene"]):
+    for i, scene in enumerate(scenes):
         out[i] = frame_categories(inst[i].reshape(t, -1), table.by_scene.get(scene, {}))
     return torch.from_numpy(out)
 
@@ -152,7 +74,7 @@ MIN_OBJECT_FRACTION = 30 / (128 * 96)  # least share of a frame an object needs 
 
 @dataclass
 class ProbeData:
-    """Held-out diagnostics inputs: windows (N, T, E, H, W, 3) uint8 with per-frame category
+    """Held-out diagnostics inputs: windows (N, T, E, 3, H, W) uint8 with per-frame category
     (N, T) (-1 = no object) of training clips and held-out clips (eta, rank, next-frame error),
     and object crops (M, E, h, w, 3) uint8 with their categories (M,) of training clips (to fit
     the linear probe) and held-out clips (to score it). Without crops the probe falls back to
@@ -186,23 +108,39 @@ def probe_from_store(
 
     if not held_ids or not train_ids:
         return None
-    table = CategoryTable.from_store(open_store(path))
+    store = open_store(path)
+    table = CategoryTable.from_store(store)
 
     def collect(ids: list[str]) -> tuple[torch.Tensor, ...]:
-        src = StoreWindows(path, ids, window, window, 1, shuffle=False, drop_last=False)
-        batches = list(src)
+        from egosynth.data.core import LoaderConfig, WindowLoader
+        from egosynth.data.index import ClipInfo
+
+        clips = [store.clip(cid) for cid in ids]
+        # The trainer's reader and layout: non-overlapping windows in clip order.
+        windows = WindowLoader(
+            path,
+            LoaderConfig(length=window, stride=window, batch_size=1, shuffle=False,
+                         drop_last=False, fields=("rgb", "instance")),
+            clips=[ClipInfo(0, c.clip_id, c.n_frames) for c in clips],
+        )  # fmt: skip
+        n = len(windows.index)
+        if n == 0:
+            raise EgosynthError(f"{path}: clips {ids} have fewer than {window} frames")
         # Evenly spaced windows: the first `limit` in order would all come from one clip.
-        keep = np.unique(np.linspace(0, len(batches) - 1, min(limit, len(batches))).round())
-        rgb = torch.cat([batches[int(i)]["rgb"] for i in keep])
-        cat = torch.cat([batch_categories(batches[int(i)], table) for i in keep])
+        keep = np.unique(np.linspace(0, n - 1, min(limit, n)).round()).astype(np.int64)
+        batch = windows.read_windows(keep)
+        scenes = [clips[c].scene for c in batch["clip"]]
+        rgb = torch.from_numpy(np.ascontiguousarray(batch["rgb"]))  # (N, T, E, 3, H, W)
+        cat = batch_categories(batch["instance"], scenes, table)
         crops, labels = [], []
-        for cid in ids:
-            first = src.rgb[cid]
+        for clip in clips:
+            arrays = clip.read(names=["rgb", "instance"])
+            first, inst = arrays["rgb"], arrays["instance"].astype(np.int32)
             wh = size or (first.shape[-2], first.shape[-3])
-            ids_to_cat = table.by_scene.get(src.scene[cid], {})
+            ids_to_cat = table.by_scene.get(clip.scene, {})
             # 30 pixels of a 128x96 frame: an object big enough to recognise, at any size.
             least = max(2, round(MIN_OBJECT_FRACTION * first.shape[-3] * first.shape[-2]))
-            c, y = object_crops(first, src.instance[cid], ids_to_cat, wh, min_pixels=least)
+            c, y = object_crops(first, inst, ids_to_cat, wh, min_pixels=least)
             crops.append(c)
             labels.append(y)
         all_crops, all_labels = np.concatenate(crops), np.concatenate(labels)

@@ -272,7 +272,8 @@ class Trainer:
         return next_frame_errors(pred, x)
 
     def _embed_rgb(self, rgb: Tensor) -> Tensor:
-        """uint8 windows (N, T, E, H, W, 3) -> fused embeddings (N, T, D) on the CPU."""
+        """uint8 windows (N, T, E, 3, H, W) or (N, T, E, H, W, 3) -> fused embeddings (N, T, D)
+        on the CPU."""
         return torch.cat([self.model.embed(f)[1] for f in self._frames_chunks(rgb)]).float().cpu()
 
     def _probe(self, held_fused: Tensor) -> dict[str, float]:
