@@ -229,6 +229,9 @@ def main() -> int:
     m.add_argument("--views", type=int, default=10, help="labelled capture views (<= 10)")
     m.add_argument("--frames", type=int, default=6, help="held-out walker frames (x2 eyes)")
     args = p.parse_args()
+    from egosynth.quiet import install as quiet_third_party
+
+    quiet_third_party()  # nerfstudio's and torch's deprecation warnings: nothing a user can act on
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if args.cmd == "fit":
         print(run_fit(args.room, args.iterations, FIT_VIEWS[args.room]))
