@@ -145,36 +145,3 @@ def test_each_pass_is_the_next_epoch_also_with_persistent_workers(
         assert _flat(got) == reference.order().tolist()
     assert passes[0] != passes[1] != passes[2]
     assert loader.state_dict()["epoch"] == 2
-
-
-def test_a_lightning_trainer_gets_a_new_order_every_epoch(store: Path) -> None:
-    """A real Lightning Trainer (which calls no set_epoch on an iterable dataset's loader)."""
-    pl = pytest.importorskip("pytorch_lightning")
-
-    class Recorder(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-            self.seen: dict[int, list[int]] = {}
-
-        def training_step(self, batch, batch_idx):
-            self.seen.setdefault(self.current_epoch, []).extend(batch["window"].tolist())
-            return (self.w * batch["rgb"].float().mean()).sum()
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.0)
-
-    model = Recorder()
-    loader = WindowDataLoader(
-        WindowIterableDataset(store, **KW), num_workers=2, persistent_workers=True
-    )
-    trainer = pl.Trainer(
-        max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    )  # fmt: skip
-    trainer.fit(model, loader)
-    n = len(WindowLoader(store, **KW).index)
-    assert sorted(model.seen) == [0, 1, 2]
-    for windows in model.seen.values():
-        assert sorted(windows) == list(range(n))  # every window once per epoch
-    assert model.seen[0] != model.seen[1] != model.seen[2]  # shuffling goes on

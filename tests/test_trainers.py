@@ -41,11 +41,8 @@ def _epoch_orders(store: Path, epochs: int) -> list[list[int]]:
     return orders
 
 
-def test_lightning_resumes_mid_epoch_from_its_checkpoint(store: Path, tmp_path: Path) -> None:
-    """Stopped 3 batches into epoch 1 (a mid-epoch ModelCheckpoint), a new Trainer resumed
-    from that file reads exactly epoch 1's remaining windows, then all of epoch 2: Lightning
-    saves and restores the loader's state_dict itself."""
-    pl = pytest.importorskip("pytorch_lightning")
+def _recorder(pl):
+    """A LightningModule that records, per epoch, the window ids of its training batches."""
 
     class Recorder(pl.LightningModule):
         def __init__(self) -> None:
@@ -60,16 +57,40 @@ def test_lightning_resumes_mid_epoch_from_its_checkpoint(store: Path, tmp_path: 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.0)
 
-    quiet = dict(accelerator="cpu", logger=False, enable_progress_bar=False,
-                 enable_model_summary=False)  # fmt: skip
+    return Recorder()
+
+
+QUIET = dict(accelerator="cpu", logger=False, enable_progress_bar=False,
+             enable_model_summary=False)  # fmt: skip
+
+
+def test_a_lightning_trainer_gets_a_new_order_every_epoch(store: Path) -> None:
+    """A real Lightning Trainer (which calls no set_epoch on an iterable dataset's loader)."""
+    pl = pytest.importorskip("pytorch_lightning")
+
+    model = _recorder(pl)
+    pl.Trainer(max_epochs=3, enable_checkpointing=False, **QUIET).fit(model, _loader(store))
+    n = len(WindowLoader(store, **KW).index)
+    assert sorted(model.seen) == [0, 1, 2]
+    for windows in model.seen.values():
+        assert sorted(windows) == list(range(n))  # every window once per epoch
+    assert model.seen[0] != model.seen[1] != model.seen[2]  # shuffling goes on
+
+
+def test_lightning_resumes_mid_epoch_from_its_checkpoint(store: Path, tmp_path: Path) -> None:
+    """Stopped 3 batches into epoch 1 (a mid-epoch ModelCheckpoint), a new Trainer resumed
+    from that file reads exactly epoch 1's remaining windows, then all of epoch 2: Lightning
+    saves and restores the loader's state_dict itself."""
+    pl = pytest.importorskip("pytorch_lightning")
+
     per_epoch = len(WindowLoader(store, **KW))
     stop = per_epoch + 3
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=stop, save_top_k=-1)
-    first = Recorder()
-    pl.Trainer(max_epochs=3, max_steps=stop, callbacks=[ckpt], **quiet).fit(first, _loader(store))
+    first = _recorder(pl)
+    pl.Trainer(max_epochs=3, max_steps=stop, callbacks=[ckpt], **QUIET).fit(first, _loader(store))
     (path,) = tmp_path.glob("*.ckpt")
-    resumed = Recorder()
-    pl.Trainer(max_epochs=3, enable_checkpointing=False, **quiet).fit(
+    resumed = _recorder(pl)
+    pl.Trainer(max_epochs=3, enable_checkpointing=False, **QUIET).fit(
         resumed, _loader(store), ckpt_path=path
     )
     orders = _epoch_orders(store, 3)
