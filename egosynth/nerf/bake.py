@@ -130,15 +130,18 @@ def seen_points(
     from egosynth.render.grid import BakedGrid
 
     no_colour = Baked(log_density, bounds, np.zeros(1, np.uint8), np.zeros((0, 3), np.uint8), 2)
-    grid = BakedGrid(no_colour, "cpu")  # the density grid; a 2³ colour grid, never read
-    spacing = torch.tensor((bounds[1] - bounds[0]) / (resolution - 1), dtype=torch.float32)
-    lo = torch.tensor(bounds[0], dtype=torch.float32)
-    wmax = torch.zeros(resolution**3, dtype=torch.float32)
-    wdir = torch.zeros((resolution**3, 3), dtype=torch.float64)
-    dirs = torch.tensor(_sphere_directions(PROBE_RAYS), dtype=torch.float32)
+    # float64 throughout, like the field in `bake`: which points count as seen, and the
+    # directions they are coloured along, must not depend on the CPU's float32 kernels
+    f64 = torch.float64
+    grid = BakedGrid(no_colour, "cpu", dtype=np.float64)  # a 2³ colour grid, never read
+    spacing = torch.tensor((bounds[1] - bounds[0]) / (resolution - 1), dtype=f64)
+    lo = torch.tensor(bounds[0], dtype=f64)
+    wmax = torch.zeros(resolution**3, dtype=f64)
+    wdir = torch.zeros((resolution**3, 3), dtype=f64)
+    dirs = torch.tensor(_sphere_directions(PROBE_RAYS), dtype=f64)
     probes = _probe_points(log_density.astype(np.float32), bounds, PROBE_VIEWS)
     for p in tqdm(probes, desc="colour: probe views", unit="view", disable=not progress):
-        o = torch.tensor(p, dtype=torch.float32).expand_as(dirs).contiguous()
+        o = torch.tensor(p, dtype=f64).expand_as(dirs).contiguous()
         with torch.inference_mode():
             m = grid.march(o, dirs, near, PROBE_SAMPLES, kernel="torch", refine=False)
             pts = o[:, None] + dirs[:, None] * m.mid[..., None]
@@ -146,7 +149,7 @@ def seen_points(
             flat = ((ijk[..., 0] * resolution + ijk[..., 1]) * resolution + ijk[..., 2]).reshape(-1)
             w = m.w.reshape(-1)
             wmax.scatter_reduce_(0, flat, w, reduce="amax")
-            wd = (m.w[..., None] * dirs[:, None]).reshape(-1, 3).double()
+            wd = (m.w[..., None] * dirs[:, None]).reshape(-1, 3)
             wdir.index_add_(0, flat, wd)
     seen = (wmax > COLOUR_MIN_WEIGHT).numpy().reshape((resolution,) * 3)
     return _grow(seen), _mean_dirs(wdir.numpy().reshape(*seen.shape, 3), seen, bounds)
@@ -230,6 +233,10 @@ def bake(root: str | Path, resolution: int = BAKE_RESOLUTION, progress: bool = T
     torch.set_num_threads(1)
     try:
         renderer = NerfRenderer(bundle, device="cpu", mode="full")
+        # The field in float64: float32 matrix products differ in their last bits between CPU
+        # types (AVX2 / AVX-512 kernels), and that flipped 17 of 12.6 M uint8 colours between
+        # two hosts; in float64 a flip needs a value within ~1e-16 of a rounding edge.
+        renderer.model.double()
         bounds = grid_bounds(bundle)
         # as stored (uint8): the colour decisions below see the grid rendering will see
         raw = density_grid(renderer, bounds, resolution, progress)

@@ -104,13 +104,16 @@ def colour_table(baked: Any, density_q: NDArray[np.uint8], ld_lo: float, ld_step
 class BakedGrid:
     """A bundle's bake as render-ready grids; `kernel` numba (CPU) or torch (any device)."""
 
-    def __init__(self, baked: Any, device: str, kernel: str | None = None) -> None:
+    def __init__(
+        self, baked: Any, device: str, kernel: str | None = None, dtype: Any = np.float32
+    ) -> None:
+        """dtype: of the torch path's density volume (the bake's probe marches in float64)."""
         kernel = kernel or ("numba" if device == "cpu" else "torch")
         if kernel not in KERNELS or (kernel == "numba" and device != "cpu"):
             raise ValueError(f"kernel {kernel!r} on {device}: numba runs on the CPU only")
         self.device, self.kernel = device, kernel
         self.bounds = np.asarray(baked.bounds, np.float32)
-        self.log_density = np.asarray(baked.log_density, np.float32)
+        self.log_density = np.asarray(baked.log_density, dtype)
         self.density_q, self.ld_lo, self.ld_step = requantize(self.log_density)
         self.table = colour_table(baked, self.density_q, self.ld_lo, self.ld_step)
         self._torch: dict[str, Any] = {}

@@ -506,7 +506,7 @@ class NerfRenderer:
                 directions=d[:, None].expand(n, k, 3),
                 starts=t[..., None],
                 ends=t[..., None],
-                pixel_area=torch.ones((n, k, 1), device=o.device),
+                pixel_area=torch.ones((n, k, 1), dtype=o.dtype, device=o.device),
             ),
             camera_indices=torch.zeros((n, k, 1), dtype=torch.long, device=o.device),
         )
@@ -538,16 +538,21 @@ class NerfRenderer:
         return out
 
     # ----------------------------------------------------------------- field probes (baking)
+    def _dtype(self) -> Any:
+        """The field's float type: float32, or float64 where the bake asked for it."""
+        return next(self.model.field.parameters()).dtype
+
     def field_log_density(self, points: NDArray[np.floating], chunk: int = 1 << 16) -> NDArray:
         """ln(density) of the field at model-frame points (N, 3) -> (N,) float32."""
         import torch
 
         out = np.empty(len(points), np.float32)
-        up = torch.tensor([0.0, 0.0, 1.0], device=self.device)  # density ignores direction
+        dt = self._dtype()
+        up = torch.tensor([0.0, 0.0, 1.0], dtype=dt, device=self.device)  # no direction needed
         with torch.inference_mode(), fast_hash_grids(self.model):
             for s in range(0, len(points), chunk):
-                p = torch.as_tensor(points[s : s + chunk], dtype=torch.float32).to(self.device)
-                t = torch.zeros((len(p), 1), device=self.device)
+                p = torch.as_tensor(points[s : s + chunk], dtype=dt).to(self.device)
+                t = torch.zeros((len(p), 1), dtype=dt, device=self.device)
                 den, _ = self.model.field.get_density(self._samples(p, up.expand_as(p), t))
                 out[s : s + len(p)] = torch.log(den.reshape(-1).clamp_min(1e-8)).cpu().numpy()
         return out
@@ -559,11 +564,12 @@ class NerfRenderer:
         import torch
 
         out = np.empty((len(points), 3), np.float32)
+        dt = self._dtype()
         with torch.inference_mode(), fast_hash_grids(self.model):
             for s in range(0, len(points), chunk):
-                p = torch.as_tensor(points[s : s + chunk], dtype=torch.float32).to(self.device)
-                v = torch.as_tensor(dirs[s : s + chunk], dtype=torch.float32).to(self.device)
-                t = torch.zeros((len(p), 1), device=self.device)
+                p = torch.as_tensor(points[s : s + chunk], dtype=dt).to(self.device)
+                v = torch.as_tensor(dirs[s : s + chunk], dtype=dt).to(self.device)
+                t = torch.zeros((len(p), 1), dtype=dt, device=self.device)
                 out[s : s + len(p)] = self._field_rgb(p, v, t)[:, 0].cpu().numpy()
         return out
 
