@@ -22,8 +22,8 @@ class ConfigError(EgosynthError):
 
     def __init__(self, path: object, field: str | None, value: object, reason: str) -> None:
         shown = repr(value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
+        if len(shown) > 80:  # cut the middle: a path's file name is at its end
+            shown = shown[:30] + "..." + shown[-47:]
         if field is None:  # a problem of the whole file (or of several fields together)
             super().__init__(f"{path}: {reason}")
         else:

@@ -60,3 +60,12 @@ def store_path(request: pytest.FixtureRequest) -> Iterator[str]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(fast, "ENABLED", request.param == "fast")
         yield request.param
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Under pytest-xdist with `--dist loadgroup` (the README's test command), every test that
+    # starts Ray runs in one worker, one cluster at a time: two local clusters on a 2-core
+    # machine starve each other's raylets past Ray's fixed 30 s registration timeout.
+    for item in items:
+        if item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
