@@ -63,7 +63,7 @@ def store_path(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Under pytest-xdist with `--dist loadgroup` (the README's test command), every test that
+    # Under pytest-xdist with `-n 2 --dist loadgroup` (CI runs serially), every test that
     # starts Ray runs in one worker, one cluster at a time: two local clusters on a 2-core
     # machine starve each other's raylets past Ray's fixed 30 s registration timeout.
     for item in items:

@@ -19,8 +19,9 @@ import numpy as np
 from numba import njit, prange
 from numpy.typing import NDArray
 
-# nerfstudio's HashEncoding.hash_fn primes, one per axis
-PRIME_Y, PRIME_Z = 2654435761, 805459861
+# nerfstudio's HashEncoding.hash_fn primes, one per axis (the torch path uses them too)
+HASH_PRIMES = (1, 2654435761, 805459861)
+_, PRIME_Y, PRIME_Z = HASH_PRIMES
 
 
 @njit(cache=True, inline="always")

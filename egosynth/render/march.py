@@ -170,7 +170,7 @@ def march_rays(
         for a in range(3):
             sc[a] = (nc - 1) / (hi[a] - lo[a])
         # The ray's body is inline helpers only: one compiled call per ray, with its ~40
-        # arrays and scalars, cost more than the march itself (2.7x on room_0, 2 threads).
+        # arrays and scalars, cost more than the march itself (~2x on room_0, 2 threads).
         for ray in range(blk * RAYS_PER_TASK, min(n, (blk + 1) * RAYS_PER_TASK)):
             t_b, ok = _span(o[ray], d[ray], lo, hi, near)
             step = (t_b - near) / samples
