@@ -103,6 +103,9 @@ def test_experiments_shares_the_science_stages() -> None:
     assert int(exp.vars["enc_steps"]) > int(sci.vars["enc_steps"])
     assert int(exp.vars["baseline_steps"]) > int(sci.vars["baseline_steps"])
     assert "predictive" in " ".join(map(str, exp.stages["eval_encoders"].args))
+    # every ablation arm scored at CPU size is scored at GPU size too
+    arms = {str(a) for a in sci.stages["eval_encoders"].args if "={workdir}" in str(a)}
+    assert len(arms) >= 6 and arms <= set(map(str, exp.stages["eval_encoders"].args))
 
 
 def test_science_pipeline_design() -> None:
@@ -117,7 +120,9 @@ def test_science_pipeline_design() -> None:
 
     assert count("supervised") == count("harmonized") == 6 * 3
     assert count("widths") >= 4 * 3
-    for arm in ("enc_reference", "enc_whole_frame", "enc_mono", "enc_mesh", "enc_toddler"):
+    arms = ("enc_reference", "enc_time_shuffled", "enc_whole_frame", "enc_mono", "enc_mesh",
+            "enc_toddler")  # fmt: skip
+    for arm in arms:
         assert count(arm) >= 3
     env = pipeline_env(pipe, SCIENCE)
     assert env["select_level"] in env["levels"].split(",")
@@ -197,6 +202,7 @@ def test_science_pipeline_tiny(tmp_path: Path) -> None:
         assert conds[("twin_s0", "width", w, "classifier")]["alignment"]["n_groups"] == 2
     for arm in (
         "slow-reference",
+        "slow-time-shuffled",
         "slow-whole-frame",
         "slow-mono",
         "slow-mesh-trained",

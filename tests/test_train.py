@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from _fake_renderer import tiny_set
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from egosynth.cli import main
 from egosynth.data import LoaderConfig
@@ -29,7 +31,7 @@ from egosynth.train.data import (
 )
 from egosynth.train.encoders import EncoderConfig
 from egosynth.train.loop import Trainer
-from egosynth.train.model import frames_from_batch
+from egosynth.train.model import frames_from_batch, shuffle_time
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -126,18 +128,19 @@ def _loader_data(store: Path):
     return store_loader(store, ["room_0-0000", "room_1-0000"], torch.device("cpu"), cfg)
 
 
-@pytest.mark.parametrize("stop", [2, 3])  # 2 closes an epoch exactly; 3 is mid-epoch
-def test_resume_reproduces_loss_curve(store: Path, tmp_path: Path, stop: int):
+# 2 closes an epoch exactly; 3 is mid-epoch; the time-shuffled ablation must resume as exactly
+@pytest.mark.parametrize(("stop", "shuffled"), [(2, False), (3, False), (3, True)])
+def test_resume_reproduces_loss_curve(store: Path, tmp_path: Path, stop: int, shuffled: bool):
     make = _loader_data
-    full = Trainer(tiny_cfg(), make(store), out=tmp_path / "full")
+    full = Trainer(tiny_cfg(shuffle_time=shuffled), make(store), out=tmp_path / "full")
     reference = loss_curve(full.fit())
     assert len(reference) == 6
 
-    first = Trainer(tiny_cfg(), make(store), out=tmp_path / "cut")
+    first = Trainer(tiny_cfg(shuffle_time=shuffled), make(store), out=tmp_path / "cut")
     head = loss_curve(first.fit(until=stop))
     assert (tmp_path / "cut" / "checkpoints" / f"step_{stop}.pt").is_file()
     torch.manual_seed(1234)  # a resumed process starts with unrelated RNG state
-    second = Trainer(tiny_cfg(), make(store), out=tmp_path / "cut")
+    second = Trainer(tiny_cfg(shuffle_time=shuffled), make(store), out=tmp_path / "cut")
     tail = loss_curve(second.fit(resume="latest"))
     assert head + tail == reference  # bit-exact, not approximately equal
     for (name, a), b in zip(
@@ -198,6 +201,36 @@ def test_frames_from_batch_layouts() -> None:
     small = frames_from_batch(rgb, (8, 6), torch.device("cpu"))
     assert small.shape == (2, 3, 2, 3, 6, 8)
     assert torch.allclose(small[..., 0, 0], last[..., :2, :2].mean((-1, -2)))  # area average
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    b=st.integers(1, 5), t=st.integers(1, 6), seed=st.integers(0, 2**40), step=st.integers(0, 10**6)
+)
+def test_shuffle_time_is_a_permutation_of_the_batch_frames(b, t, seed, step) -> None:
+    # Frame (i, j) of eye e holds the value 10 * (i * t + j) + e: a stereo pair is recognisable.
+    ids = torch.arange(b * t, dtype=torch.float32).view(b, t, 1, 1, 1, 1) * 10
+    frames = (ids + torch.tensor([0.0, 1.0]).view(1, 1, 2, 1, 1, 1)).expand(b, t, 2, 3, 2, 2)
+    out = shuffle_time(frames.contiguous(), seed, step)
+    assert out.shape == frames.shape
+    left, right = out[:, :, 0, 0, 0, 0], out[:, :, 1, 0, 0, 0]
+    assert torch.equal(right, left + 1)  # each eye moved with its frame
+    assert sorted(left.flatten().tolist()) == sorted(ids.flatten().tolist())  # nothing lost
+    assert torch.equal(out, shuffle_time(frames.contiguous(), seed, step))  # (seed, step) fixes it
+
+
+def test_shuffle_time_takes_time_out_of_windows(store: Path) -> None:
+    """On real renders, consecutive frames of a window are far more alike than the frames a
+    shuffled window puts side by side: the ablation removes what slowness learns from."""
+    batch = next(iter(_loader_data(store)))
+    frames = frames_from_batch(batch, (16, 12), torch.device("cpu"))
+
+    def step_change(x: torch.Tensor) -> float:
+        return float((x[:, 1:] - x[:, :-1]).abs().mean())
+
+    shuffled = [step_change(shuffle_time(frames, 0, s)) for s in range(5)]
+    assert min(shuffled) > 1.5 * step_change(frames)
+    assert len({round(v, 6) for v in shuffled}) > 1  # a new order every step
 
 
 def test_parse_objectives() -> None:

@@ -88,6 +88,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--augment", default="",
                    help="per-frame training augmentations, a comma list of crop (random "
                    "resized crop + flip) and colour (jitter, grey); default none")  # fmt: skip
+    g.add_argument("--shuffle-time", action="store_true",
+                   help="ablation: each window's frames are drawn at random from the whole "
+                   "batch (the same frames, no temporal order; docs/science.md)")  # fmt: skip
     g.add_argument("--lr", type=real(positive=True, maximum=1e3), default=1e-3)
     g.add_argument("--weight-decay", type=real(0.0), default=1e-4)
     g.add_argument("--warmup", type=integer(0), default=10, help="linear warm-up steps")
@@ -177,6 +180,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         size=args.size,
         fovea=args.fovea,
         augment=args.augment,
+        shuffle_time=getattr(args, "shuffle_time", False),
         deterministic=args.deterministic,
         encoder=enc,
         slow=slow,

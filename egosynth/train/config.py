@@ -54,6 +54,7 @@ class TrainConfig:
     size: tuple[int, int] | None = (64, 48)  # (width, height) frames are resized to
     fovea: float = 0.0  # > 0: train on foveal crops this fraction of the frame height tall
     augment: tuple[str, ...] = ()  # "crop", "colour": per-frame training augmentations
+    shuffle_time: bool = False  # ablation: windows of frames drawn across the batch (no time)
     deterministic: bool = False
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     slow: SlowConfig = field(default_factory=SlowConfig)

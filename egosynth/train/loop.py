@@ -32,7 +32,7 @@ from egosynth.train.diagnostics import (
     next_frame_errors,
     wilson_interval,
 )
-from egosynth.train.model import TrainModel, frames_from_batch
+from egosynth.train.model import TrainModel, frames_from_batch, shuffle_time
 
 
 # --------------------------------------------------------------------------- distributed
@@ -355,6 +355,8 @@ class Trainer:
                 frames = frames_from_batch(
                     next(batches), cfg.size, self.device, cfg.fovea, cfg.augment
                 )
+                if cfg.shuffle_time:
+                    frames = shuffle_time(frames, cfg.seed, self.step)
                 t1 = time.perf_counter()
                 rec = self.train_step(frames)
                 if self.device.type == "cuda":

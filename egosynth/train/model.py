@@ -65,6 +65,21 @@ def frames_from_batch(
     return y.reshape(b, t, e, c, out[1], out[0]).contiguous()
 
 
+def shuffle_time(frames: Tensor, seed: int, step: int) -> Tensor:
+    """The same frames with time taken out: (B, T, E, ...) -> a window's T frames drawn
+    without replacement from all B * T frames of the batch (other windows, other clips).
+
+    The ablation "slowness without time": the encoder sees exactly the frames it would have
+    seen, but neighbours in a window are no longer neighbours in time. A stereo pair stays a
+    pair (the eye axis moves with its frame). The permutation is a function of (seed, step),
+    so a resumed run shuffles as the uninterrupted one did.
+    """
+    b, t = frames.shape[:2]
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + step) % 2**63)
+    order = torch.randperm(b * t, generator=gen).to(frames.device)
+    return frames.flatten(0, 1)[order].view(frames.shape)
+
+
 # --------------------------------------------------------------------------- model
 class TrainModel(nn.Module):
     """All trainable parts of the chosen objectives; forward returns (loss, parts)."""
