@@ -77,11 +77,23 @@ class Part(OrientedBox):
 
 
 class SceneObject(OrientedBox):
-    """An annotated object: instance name, category, box and diagnostic parts."""
+    """An annotated object: instance name, category, box and its parts; `diagnostic_part`
+    names the part that tells its category from its family's others (the ClickMe twin's
+    "human" map; docs/eval.md), where the annotator knows it."""
 
     name: str = Field(min_length=1)
     category: str = Field(min_length=1)
     parts: list[Part] = []
+    diagnostic_part: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _diagnostic_part_is_a_part(self) -> SceneObject:
+        names = [p.name for p in self.parts]
+        if self.diagnostic_part is not None and self.diagnostic_part not in names:
+            raise ValueError(
+                f"diagnostic_part {self.diagnostic_part!r} is not one of the object's parts {names}"
+            )
+        return self
 
 
 def _check_polygon(points: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -92,6 +92,12 @@ MALFORMED = [
         SET,
         "objects.0.extents",
     ),
+    (
+        "diagnostic part that is not a part",
+        with_(SCENE, "objects.0.diagnostic_part", "head"),  # the object annotates no parts
+        SET,
+        "objects.0",
+    ),
     ("nerf without bundle", with_(SCENE, "backend", "nerf"), SET, "bundle"),
     ("missing scene file", SCENE, {**SET, "scenes": ["nope.yaml"]}, "scenes.0"),
     ("bad resolution", SCENE, {**SET, "resolution": [0, 96]}, "resolution.width"),
@@ -133,3 +139,23 @@ def test_cli_error_exit_code_in_subprocess(tmp_path: Path) -> None:
         text=True,
     )
     assert r.returncode == 2 and "fps" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_committed_nerf_labels_record_the_diagnostic_part() -> None:
+    """The NeRF renderer's label table carries each object's annotated diagnostic part, so a
+    NeRF store's twin never needs the procedural generator's table (egosynth.eval.twin)."""
+    from egosynth.config import load_scene
+    from egosynth.render.nerf import labels_for
+    from egosynth.scenes.shapes import DIAGNOSTIC_PART
+
+    root = Path(__file__).resolve().parents[1]
+    for name in ("room_0_nerf", "room_1_nerf"):
+        scene = load_scene(root / "scene_configs" / "scenes" / f"{name}.yaml")
+        labels = labels_for(list(scene.objects))
+        assert labels and all(
+            lab.diagnostic_part == DIAGNOSTIC_PART[lab.category]
+            and lab.diagnostic_part in lab.parts.values()
+            for lab in labels
+        ), name
+    plain = labels_for([scene.objects[0].model_copy(update={"diagnostic_part": None})])
+    assert plain[0].diagnostic_part is None  # annotations that name none record none

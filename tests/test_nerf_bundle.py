@@ -199,7 +199,8 @@ def test_cli_import_with_annotations_gives_labels(tiny: tuple[Path, Path], tmp_p
         "floor: [[-3, -3], [3, -3], [3, 3], [-3, 3]]\n"
         "world_from_scene: {scale: 1.0, translation: [0, 0, 0]}\n"
         "objects:\n  - {name: ball_0, category: ball, center: [0, 0, 0.5], extents: [1, 1, 1],\n"
-        "     parts: [{name: top, center: [0, 0, 0.85], extents: [1, 1, 0.3]}]}\n"
+        "     parts: [{name: top, center: [0, 0, 0.85], extents: [1, 1, 0.3]}],\n"
+        "     diagnostic_part: top}\n"
     )
     out = tmp_path / "bundle"
     argv = ["scenes", "import", str(tiny[1]), "--out", str(out), "--annotations", str(scene)]
@@ -208,4 +209,5 @@ def test_cli_import_with_annotations_gives_labels(tiny: tuple[Path, Path], tmp_p
     labels = r.labels()
     got = [(lab.name, lab.category, lab.parts) for lab in labels]
     assert got == [("ball_0", "ball", {1: "top"})]
+    assert labels[0].diagnostic_part == "top"  # carried from the annotations to the labels
     assert r.bundle.ground_truth_scene() is not None  # it recorded a procedural scene

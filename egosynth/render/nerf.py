@@ -156,13 +156,15 @@ def _part_ids(objects: list[SceneObject]) -> list[list[int]]:
 
 
 def labels_for(objects: list[SceneObject]) -> list[Label]:
-    """Label table matching `label_surface_points`' ids."""
+    """Label table matching `label_surface_points`' ids, with each object's diagnostic part
+    as its annotations name it (None where they do not: the twin then falls back)."""
     return [
         Label(
             instance_id=i,
             name=o.name,
             category=o.category,
             parts={pid: p.name for pid, p in zip(pids, o.parts, strict=True)},
+            diagnostic_part=o.diagnostic_part,
         )
         for i, (o, pids) in enumerate(zip(objects, _part_ids(objects), strict=True), start=1)
     ]

@@ -383,7 +383,9 @@ def scene_dict(gen: GeneratorConfig, index: int, layout: Layout | None = None) -
         pieces = object_pieces(o.category, o.length, o.color)  # object frame
         T = _obj_world(o)
         lo, hi = _bounds([p.mesh for p in pieces])
-        obj = {"name": o.name, "category": o.category, **_box_annotation(lo, hi, T, o.yaw_deg)}
+        obj = {"name": o.name, "category": o.category,
+               "diagnostic_part": DIAGNOSTIC_PART[o.category],
+               **_box_annotation(lo, hi, T, o.yaw_deg)}  # fmt: skip
         parts = []
         for part in PARTS[FAMILY_OF[o.category]]:
             plo, phi = _bounds([p.mesh for p in pieces if p.part == part])
