@@ -232,3 +232,16 @@ def test_lower_layers_never_import_upper_ones() -> None:
             if chain:
                 bad.append(f"{module} must not import {tool}: " + " -> ".join(chain))
     assert not bad, "\n".join(bad)
+
+
+MAX_MODULE_LINES = 620  # "no file over ~600 lines": past this, split the module by concept
+
+
+def test_no_module_is_too_long_to_read() -> None:
+    pkg = Path(__file__).resolve().parents[1] / "egosynth"
+    long = {
+        str(p.relative_to(pkg)): n
+        for p in pkg.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
