@@ -31,6 +31,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 
+from egosynth import zygote
 from egosynth.config import StrictModel, read_yaml, validate
 from egosynth.errors import ConfigError, EgosynthError
 from egosynth.readers import resolve
@@ -269,11 +270,14 @@ def run_pipeline(
     force: bool = False,
     log=print,
     jobs: int = 1,
+    warm: bool = True,
 ) -> list[StageResult]:
     """Run every stage in dependency order, skipping stages whose cached result is current.
 
     With `jobs` > 1, independent stages run concurrently and each stage's output goes to
-    `<workdir>/logs/<stage>.log`; with 1 job it goes to the terminal.
+    `<workdir>/logs/<stage>.log`; with 1 job it goes to the terminal. With `warm`, stages are
+    forked from one pre-imported helper (egosynth/zygote.py: ~5 s less per stage on a small
+    CPU); otherwise each starts a fresh Python.
     """
     path = resolve(path, "config")
     pipe = load_pipeline(path, overrides)
@@ -281,7 +285,24 @@ def run_pipeline(
     workdir = Path(env["workdir"])
     pending = plan_pipeline(pipe, path, env)
     results: dict[str, StageResult] = {}
-    running: dict[str, tuple[_Planned, subprocess.Popen, float]] = {}
+    running: dict[str, tuple[_Planned, Any, float]] = {}
+    to_run = {
+        st.command
+        for st in pending
+        if force or not _is_current(st.marker, st.fingerprint, st.outputs)
+    }
+    launcher = _Launcher(warm and zygote.available(), workdir if jobs > 1 else None, to_run)
+    try:
+        failure = _schedule(pending, running, results, launcher, force, log, jobs, workdir, path)
+    finally:
+        launcher.close(running)
+    if failure:
+        raise EgosynthError(failure)
+    return [results[s] for s in expand_matrix(pipe, path, env)]
+
+
+def _schedule(pending, running, results, launcher, force, log, jobs, workdir, path) -> str | None:
+    """The run loop: start ready stages up to `jobs` at a time; return the first failure."""
     failure: str | None = None
     while pending or running:
         for st in [s for s in pending if all(d in results for d in s.needs)]:
@@ -294,7 +315,7 @@ def run_pipeline(
                 continue
             _discard_stale(st.marker, st.outputs, workdir, log)
             log(f"[{st.name}] egosynth {st.command} {' '.join(st.args)}")
-            running[st.name] = (st, _launch(st, workdir if jobs > 1 else None), time.perf_counter())
+            running[st.name] = (st, launcher.launch(st), time.perf_counter())
         if not running:
             if pending and not failure:
                 continue  # stages became ready through skips: schedule them
@@ -311,19 +332,45 @@ def run_pipeline(
                 continue
             log(f"[{name}] done in {dt:.0f} s")
             results[name] = StageResult(name, "ran", dt, st.outputs)
-    if failure:
-        raise EgosynthError(failure)
-    return [results[s] for s in expand_matrix(pipe, path, env)]
+    return failure
 
 
-def _launch(st: _Planned, log_dir: Path | None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "egosynth.cli", st.command, *st.args]
-    if log_dir is None:
-        return subprocess.Popen(cmd)
-    log_file = log_dir / "logs" / f"{st.name}.log"
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("wb") as fh:  # the child keeps its own handle
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+class _Launcher:
+    """Starts stages: forked from a warm helper, or as fresh `python -m egosynth.cli`."""
+
+    def __init__(self, warm: bool, log_dir: Path | None, commands: set[str]) -> None:
+        self.warm, self.log_dir, self.commands = warm, log_dir, commands
+        self.zygote: zygote.Zygote | None = None  # started with the first stage that runs
+
+    def launch(self, st: _Planned) -> Any:
+        argv = [st.command, *st.args]
+        log_file = None
+        if self.log_dir is not None:
+            log_file = self.log_dir / "logs" / f"{st.name}.log"
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+        if self.warm:
+            self.zygote = self.zygote or zygote.Zygote(zygote.preload_for(self.commands))
+            return self.zygote.launch(argv, log_file)
+        cmd = [sys.executable, "-m", "egosynth.cli", *argv]
+        if log_file is None:
+            return subprocess.Popen(cmd)
+        with log_file.open("wb") as fh:  # the child keeps its own handle
+            return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+
+    def close(self, running: dict) -> None:
+        """Stages still running when the run stops (Ctrl-C, SIGTERM, an error) are stopped
+        too, and waited for, so nothing keeps writing into the workdir after we return."""
+        procs = [proc for _, proc, _ in running.values()]
+        # Ctrl-C reached the stages too: give their own clean-up a moment before SIGTERM
+        for grace, signal_them in ((10, False), (60, True)):
+            for proc in procs:
+                if signal_them and proc.poll() is None:
+                    proc.terminate()
+            deadline = time.monotonic() + grace
+            while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        if self.zygote is not None:
+            self.zygote.close()
 
 
 def _finish(st: _Planned, rc: int, seconds: float, logged: bool, workdir: Path) -> str | None:

@@ -131,6 +131,21 @@ def tiny_bundle(tiny: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.mark.nerf
+def test_written_out_model_configs_equal_nerfstudios_registry() -> None:
+    """The nerfacto-family configs egosynth builds without importing the registry (it costs
+    seconds per render worker) are the registry's own, field for field; others still load."""
+    from nerfstudio.configs.method_configs import all_methods
+
+    from egosynth.nerf.nerfstudio import REGISTRY_MODELS, registry_model_config
+
+    for method in REGISTRY_MODELS:
+        ours, theirs = registry_model_config(method), all_methods[method].pipeline.model
+        assert ours == theirs and type(ours) is type(theirs), method
+        assert registry_model_config(method) is not registry_model_config(method)  # copies
+    assert registry_model_config("instant-ngp") == all_methods["instant-ngp"].pipeline.model
+
+
+@pytest.mark.nerf
 def test_nerfstudio_rays_match_the_conversion(tiny_bundle: Path) -> None:
     """nerfstudio's own Cameras, built in the one conversion place, cast the rays we expect."""
     import torch

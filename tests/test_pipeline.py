@@ -182,3 +182,70 @@ def test_a_json_output_named_in_the_args_does_not_change_the_fingerprint(tmp_pat
     assert fingerprint() == before
     cfg.write_text("a: 2\n")  # an input config that changes does change it
     assert fingerprint() != before
+
+
+# --------------------------------------------------------------------------- warm stages
+def test_warm_and_cold_stages_write_the_same_results(tmp_path: Path) -> None:
+    """Stages forked from the warm helper and fresh `python -m egosynth.cli` processes write
+    the same arrays, log the same way and are cached the same way."""
+    import numpy as np
+
+    outs = {}
+    for warm in (True, False):
+        d = tmp_path / str(warm)
+        d.mkdir()
+        p = write(d, STAGES)
+        res = run_pipeline(p, jobs=2, warm=warm, log=lambda *_: None)
+        assert {r.status for r in res} == {"ran"}
+        assert "wrote" in (d / "work" / "logs" / "a.log").read_text()
+        with np.load(d / "work" / "b.npz") as z:
+            outs[warm] = {k: z[k] for k in z.files}
+        assert {r.status for r in run_pipeline(p, warm=warm, log=lambda *_: None)} == {"skipped"}
+    assert outs[True].keys() == outs[False].keys()
+    for k in outs[True]:
+        np.testing.assert_array_equal(outs[True][k], outs[False][k])
+
+
+def test_forked_stages_exit_as_fresh_processes_do(tmp_path: Path) -> None:
+    """Exit codes (usage error, egosynth error, success, a signal), logs, and a helper that
+    runs no Python thread of its own (forking a threaded process is unsafe)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from egosynth import zygote
+
+    cases = [
+        ["trajectory", "--no-such-flag"],
+        ["trajectory", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "m.npz")],
+        ["trajectory", str(DEFAULT_SCENE_SET), "--clips", "1", "--out", str(tmp_path / "t.npz")],
+    ]
+    cold = [
+        subprocess.run([sys.executable, "-m", "egosynth.cli", *c], capture_output=True).returncode
+        for c in cases
+    ]
+    z = zygote.Zygote(zygote.preload_for({"trajectory"}))
+    try:
+        stages = [z.launch(c, tmp_path / f"{i}.log") for i, c in enumerate(cases)]
+        while any(s.poll() is None for s in stages):
+            time.sleep(0.05)
+        assert [s.returncode for s in stages] == cold == [2, cold[1], 0] and cold[1] != 0
+        assert "missing.yaml" in (tmp_path / "1.log").read_text()
+        long = z.launch(["trajectory", str(DEFAULT_SCENE_SET), "--clips", "400", "--out",
+                         str(tmp_path / "long.npz")], None)  # fmt: skip
+        long.send_signal(signal.SIGTERM)
+        while long.poll() is None:
+            time.sleep(0.05)
+        assert long.returncode in (143, -signal.SIGTERM)
+        assert not (tmp_path / "long.npz").exists()
+        threads = subprocess.run(
+            [sys.executable, "-c", f"import threading; "
+             f"[__import__(m) for m in {zygote.preload_for({'trajectory'})!r}]; "
+             f"print(threading.active_count())"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert threads.stdout.strip() == "1"
+    finally:
+        z.close()
+    assert z.proc.returncode == 0

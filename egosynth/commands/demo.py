@@ -34,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     overrides = parse_overrides(args.set)
-    results = run_pipeline(DEMO_PIPELINE, overrides, force=args.force, jobs=args.jobs)
+    results = run_pipeline(
+        DEMO_PIPELINE, overrides, force=args.force, jobs=args.jobs, warm=not args.cold
+    )
     workdir = Path(pipeline_env(load_pipeline(DEMO_PIPELINE, overrides), DEMO_PIPELINE)["workdir"])
     report = workdir / "eval" / "report.json"
     print(

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
-    """--set, --force and --jobs: shared by `pipeline run` and `demo`."""
+    """--set, --force, --jobs and --cold: shared by `pipeline run` and `demo`."""
     import os
 
     from egosynth.checks import count
@@ -41,6 +41,12 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         help="stages to run at once (default: CPU count); with more than 1, each "
         "stage's output goes to <workdir>/logs/<stage>.log",
     )
+    p.add_argument(
+        "--cold",
+        action="store_true",
+        help="start a fresh Python for every stage instead of forking it from one "
+        "pre-imported helper (slower by ~5 s a stage; for debugging the helper)",
+    )
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
@@ -58,7 +64,9 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     from egosynth.pipeline import run_pipeline
 
-    results = run_pipeline(args.file, parse_overrides(args.set), force=args.force, jobs=args.jobs)
+    results = run_pipeline(
+        args.file, parse_overrides(args.set), force=args.force, jobs=args.jobs, warm=not args.cold
+    )
     for r in results:
         print(f"  {r.name:<16} {r.status:<8} {r.seconds:7.1f} s  {', '.join(map(str, r.outputs))}")
     return 0

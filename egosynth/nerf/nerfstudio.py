@@ -15,7 +15,7 @@ egosynth.nerf's fit and import, imports the renderer.
 
 nerfacto builds an LPIPS metric (which downloads AlexNet weights) whenever a model is
 constructed; offline that fails. `offline_model_construction` swaps the metric for a no-op
-only while a model is being built.
+only while a model is being built (and, for a model built to render, every metric).
 """
 
 from __future__ import annotations
@@ -34,13 +34,21 @@ from egosynth.nerf.bundle import BundleError, BundleMeta, numpy_allow_list
 
 # --------------------------------------------------------------------------- offline building
 @contextlib.contextmanager
-def offline_model_construction() -> Iterator[None]:
-    """Build nerfstudio models offline: LPIPS becomes a no-op module for this block only."""
-    import torch
-    import torchmetrics.image.lpip as lpip_mod
+def offline_model_construction(metrics: bool = True) -> Iterator[None]:
+    """Build nerfstudio models offline: LPIPS becomes a no-op module for this block only.
 
-    class _NoLPIPS(torch.nn.Module):
-        """Stands in for LPIPS during construction; returns 0 if a training eval calls it."""
+    With `metrics=False` (a model built to render, never to score its training views) every
+    torchmetrics metric the model builds is a no-op stand-in: importing torchmetrics pulls in
+    torchvision and scipy.signal, ~5 s of each render worker's start on a 2-core machine, for
+    three metrics only nerfstudio's training evaluation calls. Metrics hold no weights, so the
+    model's state dict is the same.
+    """
+    import sys
+
+    import torch
+
+    class _NoMetric(torch.nn.Module):
+        """Stands in for a metric during construction; returns 0 if an evaluation calls it."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__()
@@ -48,12 +56,37 @@ def offline_model_construction() -> Iterator[None]:
         def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
             return torch.zeros(())
 
+    if not metrics and "torchmetrics" not in sys.modules:
+        with _stub_modules(("torchmetrics", "torchmetrics.functional", "torchmetrics.image",
+                            "torchmetrics.image.lpip"), _NoMetric):  # fmt: skip
+            yield
+        return
+    import torchmetrics.image.lpip as lpip_mod
+
     original = lpip_mod.LearnedPerceptualImagePatchSimilarity
-    lpip_mod.LearnedPerceptualImagePatchSimilarity = _NoLPIPS  # type: ignore[misc]
+    lpip_mod.LearnedPerceptualImagePatchSimilarity = _NoMetric  # type: ignore[misc]
     try:
         yield
     finally:
         lpip_mod.LearnedPerceptualImagePatchSimilarity = original  # type: ignore[misc]
+
+
+@contextlib.contextmanager
+def _stub_modules(names: tuple[str, ...], stand_in: type) -> Iterator[None]:
+    """Modules whose every attribute is `stand_in`, in sys.modules for this block only."""
+    import sys
+    import types
+
+    for name in names:
+        mod = types.ModuleType(name)
+        mod.__getattr__ = lambda attr, _s=stand_in: _s  # type: ignore[method-assign]
+        mod.__path__ = []  # a package, so its submodules import
+        sys.modules[name] = mod
+    try:
+        yield
+    finally:
+        for name in names:
+            sys.modules.pop(name, None)
 
 
 # --------------------------------------------------------------------------- settings <-> config
@@ -91,9 +124,48 @@ def _method_config(method: str) -> Any:
     return copy.deepcopy(all_methods[method])
 
 
+# The registry's model configs of the nerfacto family, written out: importing nerfstudio's
+# registry (nerfstudio.configs.method_configs) imports every method it knows, the viewer and the
+# trainer, ~4.6 s here and ~13 s of a render worker's start on a loaded 2-core machine, to read
+# one dataclass. Other methods still come from the registry. tests/test_nerf_backend.py checks
+# each entry equals the registry's (nerfstudio is pinned, so they cannot drift apart unseen).
+_BIG = {"eval_num_rays_per_chunk": 1 << 15, "num_nerf_samples_per_ray": 128,
+        "num_proposal_samples_per_ray": (512, 256), "hidden_dim": 128, "hidden_dim_color": 128,
+        "appearance_embed_dim": 128, "max_res": 4096,
+        "proposal_weights_anneal_max_num_iters": 5000, "log2_hashmap_size": 21,
+        "average_init_density": 0.01}  # fmt: skip
+_HUGE_PROPOSALS = [
+    {"hidden_dim": 16, "log2_hashmap_size": 17, "num_levels": n, "max_res": r, "use_linear": False}
+    for n, r in ((5, 512), (7, 2048))
+]
+_HUGE = {**_BIG, "num_nerf_samples_per_ray": 64, "num_proposal_samples_per_ray": (512, 512),
+         "proposal_net_args_list": _HUGE_PROPOSALS, "hidden_dim": 256, "hidden_dim_color": 256,
+         "appearance_embed_dim": 32, "max_res": 8192}  # fmt: skip
+REGISTRY_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "nerfacto": ("nerfacto", {"eval_num_rays_per_chunk": 1 << 15, "average_init_density": 0.01}),
+    "nerfacto-big": ("nerfacto", _BIG),
+    "nerfacto-huge": ("nerfacto", _HUGE),
+    "depth-nerfacto": ("depth_nerfacto", {"eval_num_rays_per_chunk": 1 << 15}),
+}
+
+
+def registry_model_config(method: str) -> Any:
+    """`all_methods[method].pipeline.model`, a fresh copy, without the registry where known."""
+    if method not in REGISTRY_MODELS:
+        return _method_config(method).pipeline.model
+    import importlib
+
+    from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
+
+    module, kwargs = REGISTRY_MODELS[method]
+    mod = importlib.import_module(f"nerfstudio.models.{module}")
+    cls = mod.DepthNerfactoModelConfig if module == "depth_nerfacto" else mod.NerfactoModelConfig
+    return cls(**copy.deepcopy(kwargs), camera_optimizer=CameraOptimizerConfig(mode="SO3xR3"))
+
+
 def model_config_from_settings(method: str, settings: dict[str, Any], source: Path) -> Any:
     """nerfstudio's registry config for `method`, with plain `settings` applied field by field."""
-    cfg = _method_config(method).pipeline.model
+    cfg = registry_model_config(method)
     fields = {f.name: f for f in dataclasses.fields(cfg)}
     for key, value in settings.items():
         if key not in fields or key.startswith("_"):
@@ -125,7 +197,7 @@ def build_model(meta: BundleMeta, weights: dict[str, Any], device: str, source: 
 
     cfg = model_config_from_settings(meta.method, meta.model_settings, source)
     scene_box = SceneBox(aabb=torch.tensor(meta.scene_box, dtype=torch.float32))
-    with offline_model_construction():
+    with offline_model_construction(metrics=False):
         model = cfg.setup(scene_box=scene_box, num_train_data=meta.num_train_data, metadata={})
     missing, unexpected = model.load_state_dict(weights, strict=False)
     # Training-camera pose refinements are not part of a bundle: rendering never uses them.
