@@ -30,7 +30,7 @@ def torch_one_thread() -> Iterator[None]:
 # --------------------------------------------------------------------------- store paths
 # The store reads and writes local chunk files through its own fast path unless its switch is
 # off (egosynth.store._fast; EGOSYNTH_STORE_FAST=0), when plain zarr does everything. CI runs
-# one command (`pytest -q`), so the store and loader tests run here under both settings: a
+# one command (`pytest -q -n 2 ...`), so the store and loader tests run here under both settings: a
 # test module opts in with `pytestmark = pytest.mark.usefixtures("store_path")` and each of
 # its tests runs as [fast] and [plain] (a module-scoped fixture that depends on `store_path`
 # does the same for the tests that use it); a test of the fast path itself is marked
@@ -62,10 +62,19 @@ def store_path(request: pytest.FixtureRequest) -> Iterator[str]:
         yield request.param
 
 
+# The longest tests (minutes each on 2 cores; they run whole pipelines) start first. CI runs
+# `-n 2 --dist loadscope --no-loadscope-reorder`: a module is one unit of work, handed out in
+# the order modules first appear, so these two modules go to the two workers at once and the
+# other modules fill in around them, instead of one pipeline starting last and running alone.
+LONGEST_FIRST = ("test_science_pipeline_tiny", "test_demo_pipeline_tiny_then_rerun_skips")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Under pytest-xdist with `-n 2 --dist loadgroup` (CI runs serially), every test that
-    # starts Ray runs in one worker, one cluster at a time: two local clusters on a 2-core
-    # machine starve each other's raylets past Ray's fixed 30 s registration timeout.
+    # Under pytest-xdist with `--dist loadgroup`, every test that starts Ray runs in one
+    # worker, one cluster at a time: two local clusters on a 2-core machine can starve each
+    # other's raylets past Ray's fixed 30 s registration timeout (local starts also retry).
     for item in items:
         if item.get_closest_marker("ray"):
             item.add_marker(pytest.mark.xdist_group("ray"))
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.name, len(rank)))  # stable: the rest keep order

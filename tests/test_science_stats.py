@@ -141,3 +141,36 @@ def test_trend_input_checks() -> None:
         spearman_trend([1, 2, 3], [1, 2])
     flat = spearman_trend([1, 2, 3], [5, 5, 5])
     assert math.isnan(flat.rho) and math.isnan(flat.p_value)
+
+
+# --------------------------------------------------------------------------- reference points
+def test_shipped_reference_points_parse_and_bad_ones_are_one_line_errors(tmp_path) -> None:
+    import json
+
+    from egosynth.cli import main
+    from egosynth.config import REPO_ROOT
+    from egosynth.errors import EgosynthError
+    from egosynth.eval.summary import parse_reference
+
+    shipped = REPO_ROOT / "docs" / "data" / "harmonization_reference.json"
+    ref = parse_reference(json.loads(shipped.read_text()), shipped)
+    assert len(ref) >= 4 and all(r["source"] and 0 < r["alignment"] < 1 for r in ref)
+    assert parse_reference([{"name": "m", "alignment": 0.5, "accuracy": 0.7}], "f")[0] == {
+        "name": "m", "alignment": 0.5, "accuracy": 0.7, "source": ""
+    }  # fmt: skip
+    bad = [
+        ({"name": "m"}, "'alignment' = None"),
+        ({"name": "", "alignment": 0.3}, "'name'"),
+        ({"name": "m", "alignment": float("nan")}, "'alignment' = nan"),
+        ({"name": "m", "alignment": 0.3, "accuracy": 1.5}, "'accuracy' = 1.5"),
+        ({"name": "m", "alignment": True}, "'alignment' = True"),
+        ("m", "expected an object"),
+    ]
+    for entry, msg in bad:
+        with pytest.raises(EgosynthError, match=f"f.json: entry 1.*{msg}"):
+            parse_reference([{"name": "ok", "alignment": 0.1}, entry], "f.json")
+    junk = tmp_path / "ref.json"
+    junk.write_bytes(b"\x00\xff{[")
+    assert main(["eval", "summarize", str(tmp_path), "--out", str(tmp_path / "s"),
+                 "--reference", str(junk)]) != 0  # fmt: skip
+    assert not (tmp_path / "s").exists()

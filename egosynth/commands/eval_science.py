@@ -129,8 +129,8 @@ def register(esub: argparse._SubParsersAction) -> None:
         "--reference",
         type=Path,
         default=None,
-        help="JSON list of published points {name, accuracy, alignment} to mark on the "
-        "alignment-vs-accuracy figure",
+        help="JSON list of published points {name, alignment, accuracy (or null), source} to "
+        "mark on the alignment-vs-accuracy figure (e.g. docs/data/harmonization_reference.json)",
     )
     m.set_defaults(func=run_summarize)
 
@@ -252,18 +252,12 @@ def run_controls(args: argparse.Namespace) -> int:
 
 
 def run_summarize(args: argparse.Namespace) -> int:
-    from egosynth.eval.summary import markdown, read_reports, write_summary
+    from egosynth.eval.summary import markdown, parse_reference, read_reports, write_summary
     from egosynth.readers import read_json
 
     reference = []
     if args.reference is not None:
-        reference = read_json(args.reference, "reference points")
-        if not isinstance(reference, list) or not all(
-            isinstance(r, dict) and {"accuracy", "alignment"} <= set(r) for r in reference
-        ):
-            raise EgosynthError(
-                f"{args.reference}: expected a list of {{name, accuracy, alignment}} objects"
-            )
+        reference = parse_reference(read_json(args.reference, "reference points"), args.reference)
     rows = read_reports(args.reports)
     summary = write_summary(args.out, rows, n_boot=args.n_boot, seed=args.seed, reference=reference)
     print(markdown(summary))

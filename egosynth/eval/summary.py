@@ -297,9 +297,9 @@ def plot_alignment_accuracy(
     """Alignment against accuracy per condition, error bars both ways; controls as lines.
 
     One panel per test set (its own legend below it), so that the conditions of one data set
-    are compared with that data set's controls only. `reference`: optional published points
-    ({"name", "accuracy", "alignment"}), grey crosses in every panel (the harmonization
-    paper's ImageNet models; the repository ships none).
+    are compared with that data set's controls only. `reference`: published points
+    (`parse_reference`) in every panel: crosses where they have an accuracy, dark-red dotted
+    lines where only their alignment is known.
     """
     import matplotlib
 
@@ -359,12 +359,7 @@ def plot_alignment_accuracy(
             handles.append(
                 Line2D([], [], color="grey", ls=ls, label=f"{c['series']}: {iv['estimate']:.2f}")
             )
-        for r in reference:
-            ax.scatter(r["accuracy"], r["alignment"], marker="x", color="dimgrey", s=25)
-        if reference:
-            handles.append(
-                Line2D([], [], color="dimgrey", marker="x", ls="", label="published (reference)")
-            )
+        handles += _draw_reference(ax, reference)
         ax.set_xlabel("accuracy (test split, held-out clips)")
         ax.set_title(dataset, fontsize=10)
         ax.axhline(0, color="black", lw=0.4)
@@ -380,6 +375,63 @@ def plot_alignment_accuracy(
     axes[0, 0].set_ylabel("alignment (Spearman / 0.65753)")
     fig.suptitle("alignment against accuracy (95 % intervals; grey bands: controls)", fontsize=10)
     return _save(fig, path, dpi=110)
+
+
+def parse_reference(data: Any, source: str | Path) -> list[dict[str, Any]]:
+    """Published reference points: a JSON list of {name, alignment, accuracy?, source?}.
+
+    `accuracy` may be null (only the alignment is published or readable), else in [0, 1].
+    A bad entry is one line naming the file, the entry and the field.
+    """
+    if not isinstance(data, list):
+        raise EgosynthError(f"{source}: expected a list of {{name, alignment, accuracy}} objects")
+    out = []
+    for i, r in enumerate(data):
+        where = f"{source}: entry {i}"
+        if not isinstance(r, dict):
+            raise EgosynthError(f"{where}: expected an object, got {type(r).__name__}")
+        if not isinstance(r.get("name"), str) or not r["name"].strip():
+            raise EgosynthError(
+                f"{where}: field 'name' = {r.get('name')!r:.40}: a non-empty string"
+            )
+        for key, required in (("alignment", True), ("accuracy", False)):
+            v = r.get(key)
+            if v is None and not required:
+                continue
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+            if not ok or (key == "accuracy" and not 0 <= v <= 1):
+                raise EgosynthError(
+                    f"{where}: field {key!r} = {v!r:.40}: "
+                    + ("a number in [0, 1] or null" if key == "accuracy" else "a finite number")
+                )
+        out.append({"name": r["name"], "alignment": float(r["alignment"]),
+                    "accuracy": None if r.get("accuracy") is None else float(r["accuracy"]),
+                    "source": str(r.get("source", ""))})  # fmt: skip
+    return out
+
+
+def _draw_reference(ax: Any, reference: Sequence[dict[str, Any]]) -> list[Any]:
+    """Reference points on one panel; returns their legend handles."""
+    from matplotlib.lines import Line2D
+
+    handles = []
+    points = [r for r in reference if r.get("accuracy") is not None]
+    for r in points:
+        ax.scatter(r["accuracy"], r["alignment"], marker="x", color="dimgrey", s=25)
+    if points:
+        handles.append(Line2D([], [], color="dimgrey", marker="x", ls="", label="published"))
+    lines = sorted(
+        (r for r in reference if r.get("accuracy") is None), key=lambda r: r["alignment"]
+    )
+    for i, r in enumerate(lines):  # neighbours in value alternate ends, so labels do not collide
+        ax.axhline(r["alignment"], color="darkred", ls=(0, (1, 2)), lw=0.9, alpha=0.7)
+        ax.text(0.99 if i % 2 else 0.01, r["alignment"], f"{r['name']} {r['alignment']:.2f}",
+                transform=ax.get_yaxis_transform(), ha="right" if i % 2 else "left",
+                va="bottom", fontsize=6, color="darkred")  # fmt: skip
+    if lines:
+        label = "published alignment (their task: ImageNet / ClickMe)"
+        handles.append(Line2D([], [], color="darkred", ls=(0, (1, 2)), label=label))
+    return handles
 
 
 def write_summary(
