@@ -11,8 +11,11 @@ state, `egosynth.cli.main` as its entry point with `python -m egosynth.cli`'s ex
 an interpreter's exit (threads joined, atexit handlers run) less the module teardown.
 
 Only where `os.fork` is safe (Linux); elsewhere, or with `warm=False`, a stage is a fresh
-`python -m egosynth.cli` process. Nothing runs in the helper but imports: no threads start
-before a fork (checked by tests/test_pipeline.py), which is what makes forking safe.
+`python -m egosynth.cli` process. Nothing runs in the helper but imports, which is what makes
+forking safe: no Python thread starts (tests/test_pipeline.py checks), the only native ones are
+OpenBLAS's pool, which its own fork handler rebuilds in the child (as in every fork of a numpy
+process, DataLoader workers included), and CUDA is never initialised (torch.cuda is lazy; a
+stage initialises it in its own process).
 
 Protocol, one JSON object per line: pipeline -> helper `{"id", "argv", "log"}`;
 helper -> pipeline `{"id", "pid"}` once forked and `{"id", "rc"}` once exited.
