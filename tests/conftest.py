@@ -62,13 +62,6 @@ def store_path(request: pytest.FixtureRequest) -> Iterator[str]:
         yield request.param
 
 
-# The longest tests (minutes each on 2 cores; they run whole pipelines) start first. CI runs
-# `-n 2 --dist loadscope --no-loadscope-reorder`: a module is one unit of work, handed out in
-# the order modules first appear, so these two modules go to the two workers at once and the
-# other modules fill in around them, instead of one pipeline starting last and running alone.
-LONGEST_FIRST = ("test_science_pipeline_tiny", "test_demo_pipeline_tiny_then_rerun_skips")
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Under pytest-xdist with `--dist loadgroup`, every test that starts Ray runs in one
     # worker, one cluster at a time: two local clusters on a 2-core machine can starve each
@@ -76,5 +69,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("ray"):
             item.add_marker(pytest.mark.xdist_group("ray"))
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.name, len(rank)))  # stable: the rest keep order
