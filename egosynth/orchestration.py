@@ -116,11 +116,12 @@ class _Worker:
     def warm_scenes(self) -> list[str]:
         return list(self.renderers)
 
-    def render(self, plan: ClipPlan) -> dict[str, Any]:
+    def render(self, plan: ClipPlan, device: str | None = None) -> dict[str, Any]:
         scene = self.sset.scene_configs[plan.scene_index]
         renderer = self.renderers.pop(scene.name, None)
         if renderer is None:
-            device = "cuda" if ray.get_gpu_ids() else None
+            if device is None and ray.is_initialized():  # an actor: the GPU Ray gave it
+                device = "cuda" if ray.get_gpu_ids() else None
             renderer = self.factory(scene, device)
         self.renderers[scene.name] = renderer  # most recently used last
         while len(self.renderers) > MAX_WARM_SCENES:
@@ -217,6 +218,10 @@ def render_set(
 ) -> RenderReport:
     """Render every planned clip of `sset` that the store does not hold complete yet.
 
+    `workers=0` renders in this process, one clip after another, without Ray: for sets too
+    small to repay a cluster's start (~15 s on a small CPU) and its workers' imports, and for
+    debugging. The store it writes is byte-identical (tests/test_render_ray.py).
+
     `on_start(worker_infos)` is called once the actors are up (pid, gpu_ids each) and
     `on_result(stats)` after each finished clip; both are hooks for tools and tests.
     """
@@ -234,7 +239,11 @@ def render_set(
             complete = complete_clip_ids(store_path, fp)
             todo = [p for p in plans if p.clip_id not in complete]
             report = RenderReport(planned=len(plans), skipped=len(plans) - len(todo))
-            if todo:
+            if todo and workers == 0:
+                factory = renderer_factory or _open_renderer
+                _run_here(sset, store_path, todo, report, device, max_attempts, chunk_frames,
+                          factory, progress, on_result, on_start)  # fmt: skip
+            elif todo:
                 cluster = _Cluster(address, workers)
                 try:
                     _run(
@@ -310,6 +319,55 @@ def _run(
         # clip that the next run rewrites.
         if inflight:
             ray.wait(list(inflight), num_returns=len(inflight), timeout=KILL_WAIT_S)
+    report.seconds = time.perf_counter() - t0
+
+
+def _run_here(
+    sset: SceneSetConfig,
+    store_path: str,
+    todo: list[ClipPlan],
+    report: RenderReport,
+    device: Device,
+    max_attempts: int,
+    chunk_frames: int | None,
+    factory: RendererFactory,
+    progress: bool,
+    on_result: Callable[[dict[str, Any]], None] | None,
+    on_start: Callable[[list[dict[str, Any]]], None] | None,
+) -> None:
+    """`_run` without Ray: this process is the one worker, with the same retries and report."""
+    report.workers, report.device = 1, "gpu" if device == "gpu" else "cpu"
+    torch_device = {"gpu": "cuda", "cpu": "cpu"}.get(device)  # auto: the renderer's default
+    worker = _Worker(sset, store_path, factory, chunk_frames)
+    report.gpu_ids = [[]]
+    if on_start:
+        on_start([{"pid": os.getpid(), "gpu_ids": []}])
+    t0 = time.perf_counter()
+    with tqdm(
+        total=len(todo), unit="clip", desc="render", disable=not progress, dynamic_ncols=True
+    ) as bar:
+        for plan in todo:
+            for attempt in range(1, max_attempts + 1):
+                try:
+                    res = worker.render(plan, torch_device)
+                except Exception as exc:  # as an actor's RayTaskError would be: retried
+                    err = _one_line(exc)
+                    report.attempt_errors.append(f"{plan.clip_id}: {err}")
+                    if attempt == max_attempts:
+                        report.failed[plan.clip_id] = err
+                    else:
+                        report.retries += 1
+                    continue
+                report.done.append(plan.clip_id)
+                report.frames += res["frames"]
+                report.render_s += res["render_s"]
+                report.write_s += res["write_s"]
+                if on_result:
+                    on_result(res)
+                break
+            bar.update(1)
+            elapsed = max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(fps=f"{report.frames / elapsed:.1f}", failed=len(report.failed))
     report.seconds = time.perf_counter() - t0
 
 

@@ -21,6 +21,7 @@ def test_demo_pipeline_tiny_then_rerun_skips(tmp_path: Path) -> None:
         "seconds": "4",
         "steps": "2",
         "baseline_steps": "2",
+        "render_workers": "0",  # in the stage's process: Ray has its own tests
     }
     results = run_pipeline(DEMO_PIPELINE, overrides, log=lambda *_: None, jobs=2)
     pipe = load_pipeline(DEMO_PIPELINE, overrides)

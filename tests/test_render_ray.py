@@ -233,6 +233,60 @@ def test_missing_scene_bundle_and_unwritable_output_are_one_line_errors(
     assert blocker.read_text() == "keep"
 
 
+def test_workers_0_renders_in_process_without_ray_and_equals_the_reference(
+    tmp_path: Path,
+) -> None:
+    # A fresh process with no RAY_ADDRESS: had it started Ray, its actors would be other pids.
+    set_path = tiny_set(tmp_path, clips_per_scene=1)
+    out = tmp_path / "here.zarr"
+    code = (
+        "import json, os, sys, ray\n"
+        "from egosynth.config import load_scene_set\n"
+        "from egosynth.orchestration import render_set\n"
+        "pids = []\n"
+        "rep = render_set(load_scene_set(sys.argv[1]), sys.argv[2], workers=0, device='cpu',\n"
+        "                 progress=False, on_result=lambda r: pids.append(r['pid']))\n"
+        "print(json.dumps({'ray': ray.is_initialized(), 'mine': set(pids) == {os.getpid()},\n"
+        "                  'workers': rep.workers, 'done': len(rep.done)}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(set_path), str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    sset = load_scene_set(set_path)
+    got = __import__("json").loads(run.stdout.strip().splitlines()[-1])
+    assert got == {"ray": False, "mine": True, "workers": 1, "done": len(sset.scene_configs)}
+    assert ClipStore(out).validate() == [] and ClipStore(out).attrs["store_status"] == "complete"
+    _assert_same_clips(out, _reference(sset, tmp_path / "ref.zarr"))
+
+
+def test_workers_0_retries_reports_failures_and_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from egosynth.orchestration import render_set
+
+    set_path = tiny_set(tmp_path, clips_per_scene=1)
+    sset = load_scene_set(set_path)
+    bad = sset.scene_configs[-1].name
+    out = tmp_path / "f.zarr"
+    rep = render_set(
+        sset, out, workers=0, max_attempts=2, progress=False,
+        renderer_factory=_fake_renderer.failing_factory(bad),
+    )  # fmt: skip
+    assert sorted(rep.failed) == [f"{bad}-0000"] and rep.retries == 1
+    assert len(rep.done) == len(sset.scene_configs) - 1
+    assert ClipStore(out).attrs["store_status"] == "incomplete"
+    # the CLI resumes it in process: only the failed clip is rendered
+    args = ["render", str(set_path), "--out", str(out), "--workers", "0", "--no-progress"]
+    assert main(args) == 0
+    msg = capsys.readouterr().out
+    assert f"1 clips rendered, {len(sset.scene_configs) - 1} already complete" in msg
+    assert "on 1 cpu workers" in msg
+    _assert_same_clips(out, _reference(sset, tmp_path / "ref.zarr"))
+
+
 def test_sigint_driver_then_rerun_equals_uninterrupted(cluster: str, tmp_path: Path) -> None:
     # Bigger frames so the run lasts a few seconds and the interrupt lands mid-set.
     set_path = tiny_set(tmp_path, clips_per_scene=3, resolution=[128, 96], clip_seconds=2.0)

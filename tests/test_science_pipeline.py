@@ -177,6 +177,7 @@ def test_science_pipeline_tiny(tmp_path: Path) -> None:
         "baseline_steps": "2",
         "enc_steps": "2",
         "max_images": "12",
+        "render_workers": "0",  # in the stage's process: Ray has its own tests
     }
     results = run_pipeline(SCIENCE, overrides, log=lambda *_: None, jobs=2)
     for r in results:

@@ -43,9 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--workers",
-        type=count(maximum=4096),
+        type=count(minimum=0, maximum=4096),
         default=None,
-        help="number of Ray actors (default: one per GPU, else one per CPU)",
+        help="number of Ray actors (default: one per GPU, else one per CPU); 0 renders in "
+        "this process without Ray (small sets, debugging)",
     )
     p.add_argument(
         "--device",
