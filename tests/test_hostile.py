@@ -376,7 +376,7 @@ CASES = [
     Case("render-seconds-nan", _render("--seconds", "nan"), "--seconds"),
     Case("render-seconds-negative", _render("--seconds", "-1"), "--seconds"),
     Case("render-seconds-huge", _render("--seconds", "1e9"), "memory"),
-    Case("render-workers-0", _render("--workers", "0"), "--workers"),
+    Case("render-workers-negative", _render("--workers", "-1"), "--workers"),
     Case("render-clips-0", _render("--clips", "0"), "--clips"),
     Case("render-max-attempts-0", _render("--max-attempts", "0"), "--max-attempts"),
     Case("render-address-closed-port", _render("--address", "127.0.0.1:1"), "127.0.0.1:1"),
@@ -391,7 +391,7 @@ CASES = [
         "room.yaml",
     ),
     Case(
-        "render-complete-store-workers-0",
+        "render-complete-store-workers-negative",
         lambda d, s, _: [
             "render",
             str(scene_set(d)),
@@ -400,7 +400,7 @@ CASES = [
             "--clips",
             "2",
             "--workers",
-            "0",
+            "-1",
         ],
         "--workers",
     ),
