@@ -268,10 +268,16 @@ def slow_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return path, render_set(load_scene_set(path), folder / "ref.zarr")
 
 
-def _start_render(set_path: Path, out: Path, cluster: str, *extra: str) -> subprocess.Popen:
+def _start_render(set_path: Path, out: Path, cluster: str | None, *extra: str) -> subprocess.Popen:
+    """`egosynth render` in a subprocess: on 2 Ray actors of `cluster`, or (None) in-process.
+
+    The write lock, the interrupt handling and the store's finalisation are one code path for
+    both; the Ray variant adds Ray's own SIGTERM handler and actors to stop.
+    """
+    where = ["--workers", "0"] if cluster is None else ["--workers", "2", "--address", cluster]
     cmd = [
         sys.executable, "-m", "egosynth.cli", "render", str(set_path), "--out", str(out),
-        "--workers", "2", "--device", "cpu", "--address", cluster, "--no-progress", *extra,
+        *where, "--device", "cpu", "--no-progress", *extra,
     ]  # fmt: skip
     return subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -298,10 +304,9 @@ def _assert_same_clips(a: Path, b: Path) -> None:
     assert [k for k in fa if fa[k] != fb[k]] == []
 
 
-@pytest.mark.ray
 @pytest.mark.parametrize("case", ["new store", "--overwrite"])
 def test_a_second_render_while_the_first_runs_is_refused(
-    cluster: str, slow_set, tmp_path: Path, capsys: pytest.CaptureFixture, case: str
+    slow_set, tmp_path: Path, capsys: pytest.CaptureFixture, case: str
 ) -> None:
     set_path, ref = slow_set
     out = tmp_path / "s.zarr"
@@ -309,7 +314,7 @@ def test_a_second_render_while_the_first_runs_is_refused(
     if case == "--overwrite":  # a store of another config that the first run replaces
         render_set(load_scene_set(tiny_set(tmp_path, seed=4)), out)
         extra = ["--overwrite"]
-    first = _start_render(set_path, out, cluster, *extra)
+    first = _start_render(set_path, out, None, *extra)  # the lock is taken before any Ray
     try:
         _wait_rendering(out, config_fingerprint(load_scene_set(set_path)), first)
         inode = out.stat().st_ino
@@ -328,19 +333,23 @@ def test_a_second_render_while_the_first_runs_is_refused(
     _assert_same_clips(out, ref)
 
 
-@pytest.mark.ray
 @pytest.mark.parametrize(
-    ("signum", "code", "word"),
-    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
-    ids=["SIGINT", "SIGTERM"],
+    ("signum", "code", "word", "on_ray"),
+    [
+        (signal.SIGINT, 130, "interrupted", False),
+        # Ray replaces the driver's SIGTERM handler: the CLI's own must survive ray.init
+        pytest.param(signal.SIGTERM, 143, "terminated", True, marks=pytest.mark.ray),
+    ],
+    ids=["SIGINT-in-process", "SIGTERM-on-Ray"],
 )
 def test_a_stopped_render_marks_the_store_interrupted_and_rerun_completes_it(
-    cluster: str, slow_set, tmp_path: Path, signum: int, code: int, word: str
+    request: pytest.FixtureRequest, slow_set, tmp_path: Path, signum, code, word, on_ray
 ) -> None:
     from egosynth.data import WindowLoader
 
     set_path, ref = slow_set
     out = tmp_path / "int.zarr"
+    cluster = request.getfixturevalue("cluster") if on_ray else None
     proc = _start_render(set_path, out, cluster)
     try:
         deadline = time.monotonic() + 120
@@ -362,13 +371,15 @@ def test_a_stopped_render_marks_the_store_interrupted_and_rerun_completes_it(
     live = WindowLoader(out, length=8, stride=8, batch_size=4, live=True, idle_timeout_s=120)
     seen = {str(c) for batch in live for c in batch["clip_id"]}
     assert seen == set(done) and time.monotonic() - t0 < 60
-    assert main(["render", str(set_path), "--out", str(out), "--no-progress"]) == 0
+    rerun = ["render", str(set_path), "--out", str(out), "--no-progress", "--workers", "0"]
+    assert main(rerun) == 0
     assert ClipStore(out).attrs["store_status"] == "complete" and ClipStore(out).validate() == []
     _assert_same_clips(out, ref)
 
 
-@pytest.mark.ray
-def test_a_crash_in_the_driver_marks_the_store_interrupted(cluster: str, tmp_path: Path) -> None:
+def test_a_crash_in_the_driver_marks_the_store_interrupted(tmp_path: Path) -> None:
+    """In process (workers=0): the store's finalisation is the driver's, Ray or not; the
+    interrupted Ray driver is the SIGTERM case above."""
     from egosynth.orchestration import render_set as ray_render
 
     sset = load_scene_set(tiny_set(tmp_path))
@@ -378,10 +389,10 @@ def test_a_crash_in_the_driver_marks_the_store_interrupted(cluster: str, tmp_pat
         raise RuntimeError("the driver crashed")
 
     with pytest.raises(RuntimeError, match="the driver crashed"):
-        ray_render(sset, out, workers=2, progress=False, on_result=crash)
+        ray_render(sset, out, workers=0, progress=False, on_result=crash)
     assert ClipStore(out).attrs["store_status"] == "interrupted"
     store_id = ClipStore(out).attrs["store_id"]
-    rep = ray_render(sset, out, workers=2, progress=False)
+    rep = ray_render(sset, out, workers=0, progress=False)
     assert rep.ok and rep.skipped >= 1 and ClipStore(out).attrs["store_status"] == "complete"
     assert ClipStore(out).attrs["store_id"] == store_id  # resumed, the same store
     assert ClipStore(out).validate() == []
