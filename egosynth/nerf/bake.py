@@ -115,7 +115,12 @@ def _sphere_directions(n: int) -> NDArray[np.float64]:
 
 
 def seen_points(
-    log_density: NDArray, bounds: NDArray, near: float, resolution: int, progress: bool
+    log_density: NDArray,
+    bounds: NDArray,
+    near: float,
+    resolution: int,
+    progress: bool,
+    probe_views: int = PROBE_VIEWS,
 ) -> tuple[NDArray[np.bool_], NDArray[np.float32]]:
     """Colour-grid points (`resolution` per axis) that probe rays give weight to, and the mean
     direction they were seen along.
@@ -139,7 +144,7 @@ def seen_points(
     wmax = torch.zeros(resolution**3, dtype=f64)
     wdir = torch.zeros((resolution**3, 3), dtype=f64)
     dirs = torch.tensor(_sphere_directions(PROBE_RAYS), dtype=f64)
-    probes = _probe_points(log_density.astype(np.float32), bounds, PROBE_VIEWS)
+    probes = _probe_points(log_density.astype(np.float32), bounds, probe_views)
     for p in tqdm(probes, desc="colour: probe views", unit="view", disable=not progress):
         o = torch.tensor(p, dtype=f64).expand_as(dirs).contiguous()
         with torch.inference_mode():
@@ -217,14 +222,25 @@ def _tilt(d: NDArray, angle: float) -> NDArray[np.float32]:
     return (math.cos(angle) * d + math.sin(angle) * np.cross(axis, d)).astype(np.float32)
 
 
-def bake(root: str | Path, resolution: int = BAKE_RESOLUTION, progress: bool = True) -> Baked:
-    """Build and write a bundle's bake; returns it. Deterministic: same weights, same bytes."""
+def bake(
+    root: str | Path,
+    resolution: int = BAKE_RESOLUTION,
+    progress: bool = True,
+    probe_views: int = PROBE_VIEWS,
+) -> Baked:
+    """Build and write a bundle's bake; returns it. Deterministic: same weights, same bytes.
+
+    `probe_views` below the default colours fewer points (the probes dominate a coarse
+    bake's time): for quick looks and tests, not for renders.
+    """
     import torch
 
     from egosynth.render.nerf import NerfRenderer
 
     if not 16 <= resolution <= 512:
         raise EgosynthError(f"--resolution = {resolution}: choose 16..512")
+    if probe_views < 1:
+        raise EgosynthError(f"probe_views = {probe_views}: must be at least 1")
     colour_res = min(COLOUR_RESOLUTION, resolution)
     bundle = read_bundle(root)
     t0 = time.perf_counter()
@@ -243,7 +259,7 @@ def bake(root: str | Path, resolution: int = BAKE_RESOLUTION, progress: bool = T
         value_range = log_density_range(raw, bounds)
         log_density = dequantize_log_density(quantize_log_density(raw, value_range), value_range)
         near = float(renderer.model.config.near_plane)
-        mask, dirs = seen_points(log_density, bounds, near, colour_res, progress)
+        mask, dirs = seen_points(log_density, bounds, near, colour_res, progress, probe_views)
         colour, view_dep = bake_colour(renderer, mask, dirs, bounds, progress)
     finally:
         torch.set_num_threads(threads)
@@ -251,7 +267,7 @@ def bake(root: str | Path, resolution: int = BAKE_RESOLUTION, progress: bool = T
         "resolution": resolution,
         "colour_resolution": colour_res,
         "grid_margin": GRID_MARGIN,
-        "probe_views": PROBE_VIEWS,
+        "probe_views": probe_views,
         "probe_rays": PROBE_RAYS,
         "colour_min_weight": COLOUR_MIN_WEIGHT,
         "coloured_points": len(colour),
