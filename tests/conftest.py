@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -62,10 +64,83 @@ def store_path(request: pytest.FixtureRequest) -> Iterator[str]:
         yield request.param
 
 
+# --------------------------------------------------------------------------- Ray
+@pytest.fixture
+def ray_cluster() -> str:
+    """The GCS address of a local Ray cluster (2 CPUs, one declared fake GPU), or of the
+    running one RAY_ADDRESS names.
+
+    Started by the first test that asks and kept up while tests marked `ray` follow one
+    another (they run in one xdist worker, in one group: see below), so the suite starts a
+    cluster once, not once per module (~10 s each on a small CPU). The first test not marked
+    `ray` after them shuts it down (`_no_stray_ray`): no other test may find Ray initialised
+    (a render would join it instead of failing or rendering in its own way).
+    """
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        from egosynth.orchestration import init_local_ray
+
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(address=os.environ["RAY_ADDRESS"], logging_level="ERROR")
+        else:
+            init_local_ray(2, num_gpus=1, include_dashboard=False, logging_level="ERROR")
+    return ray.get_runtime_context().gcs_address
+
+
+def _shutdown_ray() -> None:
+    ray = sys.modules.get("ray")  # never imported by this test process: nothing to do
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_ray(request: pytest.FixtureRequest) -> None:
+    if not request.node.get_closest_marker("ray"):
+        _shutdown_ray()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    _shutdown_ray()
+
+
+# --------------------------------------------------------------------------- scheduling
+# pyproject.toml runs xdist with `--dist loadgroup --no-loadscope-reorder`: a group's tests go
+# to one worker, and units are handed out in the order below whenever a worker has at most
+# two tests left. The order is longest first (LPT): the whole-pipeline tests (minutes each)
+# one per worker, then the Ray group, then everything else in file order.
+def _module_scoped(item: pytest.Item) -> bool:
+    """Whether `item` uses a module- or class-scoped fixture (set up once per worker that runs
+    any of its module's tests: such tests stay together)."""
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    return any(fd[-1].scope in ("module", "class", "package") for fd in defs.values())
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the groups into the node ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Under pytest-xdist with `--dist loadgroup`, every test that starts Ray runs in one
-    # worker, one cluster at a time: two local clusters on a 2-core machine can starve each
-    # other's raylets past Ray's fixed 30 s registration timeout (local starts also retry).
     for item in items:
         if item.get_closest_marker("ray"):
+            # One cluster at a time: two local clusters on a 2-core machine can starve each
+            # other's raylets past Ray's fixed 30 s registration timeout (local starts retry).
             item.add_marker(pytest.mark.xdist_group("ray"))
+        elif _module_scoped(item):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("pipeline"):
+            return 0
+        return 1 if item.get_closest_marker("ray") else 2
+
+    items.sort(key=rank)  # stable: file order within each rank
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # xdist's grouping once stopped without a word (pytest 9.2, pytest-xdist#1386): then two
+    # Ray clusters could start at once. A worker under loadgroup checks that it took.
+    if getattr(session.config.option, "loadgroup", False):
+        lost = [
+            i.nodeid
+            for i in session.items
+            if i.get_closest_marker("xdist_group") and "@" not in i.nodeid
+        ]
+        if lost:
+            raise pytest.UsageError(f"--dist loadgroup lost the xdist groups, e.g. {lost[0]}")

@@ -505,7 +505,7 @@ def test_live_mode_opens_a_store_whose_zarr_json_appeared_mid_look(
 # --------------------------------------------------------------------------- Ray Data
 @pytest.mark.ray
 @pytest.mark.slow
-def test_ray_dataset_rows_are_the_epoch_order(store: Path, store2: Path) -> None:
+def test_ray_dataset_rows_are_the_epoch_order(ray_cluster: str, store: Path, store2: Path) -> None:
     ray = pytest.importorskip("ray")
     from egosynth.data import LoaderConfig
     from egosynth.data.ray import read_windows, windows_from_items
@@ -515,19 +515,13 @@ def test_ray_dataset_rows_are_the_epoch_order(store: Path, store2: Path) -> None
     cfg = LoaderConfig(length=3, stride=2, skip=2, seed=3, batch_size=5)
     loader = WindowLoader([store, store2], cfg)
     loader.set_epoch(1)
-    from egosynth.orchestration import init_local_ray
-
-    init_local_ray(1, include_dashboard=False, log_to_driver=False)
-    try:
-        ray.data.DataContext.get_current().execution_options.preserve_order = True
-        ds = read_windows([store, store2], cfg, epoch=1, rows_per_block=2, override_num_blocks=3)
-        batches = list(ds.iter_batches(batch_size=4, batch_format="numpy"))
-        # the same rows with the settings given by name instead
-        via_items = windows_from_items(
-            [store, store2], length=3, stride=2, skip=2, epoch=1, seed=3
-        ).take_all()
-    finally:
-        ray.shutdown()
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    ds = read_windows([store, store2], cfg, epoch=1, rows_per_block=2, override_num_blocks=3)
+    batches = list(ds.iter_batches(batch_size=4, batch_format="numpy"))
+    # the same rows with the settings given by name instead
+    via_items = windows_from_items(
+        [store, store2], length=3, stride=2, skip=2, epoch=1, seed=3
+    ).take_all()
     ids = [w for b in batches for w in b["window"].tolist()]
     assert ids == loader.order().tolist() == [r["window"] for r in via_items]
     clip_no = {(0, f"c{i:05d}"): i for i in range(len(LENGTHS))}

@@ -11,7 +11,7 @@ from egosynth.commands.demo import DEMO_PIPELINE
 from egosynth.pipeline import load_pipeline, pipeline_env, run_pipeline
 from egosynth.store import ClipStore
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.pipeline]
 
 
 def test_demo_pipeline_tiny_then_rerun_skips(tmp_path: Path) -> None:

@@ -16,7 +16,6 @@ Real renders (mesh backend), real zarr, real processes:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -247,20 +246,6 @@ def test_train_resume_on_another_store_with_the_same_clips_is_refused(
 
 # --------------------------------------------------------------------------- renders
 @pytest.fixture(scope="module")
-def cluster() -> str:
-    """A local Ray cluster of 2 CPUs for the module (or the running one RAY_ADDRESS names)."""
-    ray = pytest.importorskip("ray")
-    from egosynth.orchestration import init_local_ray
-
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], logging_level="ERROR")
-    else:
-        init_local_ray(2, include_dashboard=False, logging_level="ERROR")
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def slow_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A set that takes a few seconds to render, and its single-process reference store."""
     folder = tmp_path_factory.mktemp("slow")
@@ -349,7 +334,7 @@ def test_a_stopped_render_marks_the_store_interrupted_and_rerun_completes_it(
 
     set_path, ref = slow_set
     out = tmp_path / "int.zarr"
-    cluster = request.getfixturevalue("cluster") if on_ray else None
+    cluster = request.getfixturevalue("ray_cluster") if on_ray else None
     proc = _start_render(set_path, out, cluster)
     try:
         deadline = time.monotonic() + 120

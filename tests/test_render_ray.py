@@ -1,8 +1,8 @@
 """Distributed rendering on a real local Ray cluster with the real mesh backend.
 
-ONE local cluster for the module (2 CPUs and a declared fake GPU). Clips are tiny (32x24,
-12 frames) so Ray's own overhead dominates; every store is compared file by file with a
-single-process render of the same clips.
+ONE local cluster (conftest.py `ray_cluster`: 2 CPUs and a declared fake GPU). Clips are
+tiny (32x24, 12 frames) so Ray's own overhead dominates; every store is compared file by file
+with a single-process render of the same clips.
 """
 
 from __future__ import annotations
@@ -33,15 +33,8 @@ pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def cluster() -> str:
-    from egosynth.orchestration import init_local_ray
-
-    init_local_ray(2, num_gpus=1, include_dashboard=False, logging_level="ERROR")
-    # Test-only renderer factories travel to the workers by value (tests/ is not a package).
-    ray.cloudpickle.register_pickle_by_value(_fake_renderer)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+# Test-only renderer factories travel to the workers by value (tests/ is not a package).
+ray.cloudpickle.register_pickle_by_value(_fake_renderer)
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -63,7 +56,7 @@ def _assert_same_clips(a: Path, b: Path) -> None:
 
 
 def test_two_workers_render_demo_scenes_byte_equal_to_single_process(
-    cluster: str, tmp_path: Path
+    ray_cluster: str, tmp_path: Path
 ) -> None:
     from egosynth.orchestration import render_set
 
@@ -86,7 +79,9 @@ def test_two_workers_render_demo_scenes_byte_equal_to_single_process(
     _assert_same_clips(tmp_path / "ray.zarr", _reference(sset, tmp_path / "ref.zarr"))
 
 
-def test_sigkill_worker_mid_clip_is_replaced_and_clip_redone(cluster: str, tmp_path: Path) -> None:
+def test_sigkill_worker_mid_clip_is_replaced_and_clip_redone(
+    ray_cluster: str, tmp_path: Path
+) -> None:
     from egosynth.orchestration import render_set
 
     sset = load_scene_set(tiny_set(tmp_path, clips_per_scene=2))
@@ -119,7 +114,7 @@ def test_sigkill_worker_mid_clip_is_replaced_and_clip_redone(cluster: str, tmp_p
     _assert_same_clips(tmp_path / "k.zarr", ref)
 
 
-def test_failing_clips_reported_while_the_rest_complete(cluster: str, tmp_path: Path) -> None:
+def test_failing_clips_reported_while_the_rest_complete(ray_cluster: str, tmp_path: Path) -> None:
     from egosynth.orchestration import render_set
 
     sset = load_scene_set(tiny_set(tmp_path, clips_per_scene=1))
@@ -142,7 +137,7 @@ def test_failing_clips_reported_while_the_rest_complete(cluster: str, tmp_path: 
     assert store.attrs["store_status"] == "incomplete" and f"{bad}-0000" not in store.clip_ids()
 
 
-def test_gpu_actors_with_a_declared_fake_gpu(cluster: str, tmp_path: Path) -> None:
+def test_gpu_actors_with_a_declared_fake_gpu(ray_cluster: str, tmp_path: Path) -> None:
     from egosynth.orchestration import render_set
 
     sset = load_scene_set(tiny_set(tmp_path, clips_per_scene=1))
@@ -183,7 +178,7 @@ def test_gpu_request_without_gpus_is_an_error_not_a_hang() -> None:
 
 
 def test_cli_render_resume_and_bad_inputs(
-    cluster: str, tmp_path: Path, capsys: pytest.CaptureFixture
+    ray_cluster: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     set_path = tiny_set(tmp_path, clips_per_scene=1)
     out = tmp_path / "cli.zarr"
@@ -287,7 +282,7 @@ def test_workers_0_retries_reports_failures_and_resumes(
     _assert_same_clips(out, _reference(sset, tmp_path / "ref.zarr"))
 
 
-def test_sigint_driver_then_rerun_equals_uninterrupted(cluster: str, tmp_path: Path) -> None:
+def test_sigint_driver_then_rerun_equals_uninterrupted(ray_cluster: str, tmp_path: Path) -> None:
     # Bigger frames so the run lasts a few seconds and the interrupt lands mid-set.
     set_path = tiny_set(tmp_path, clips_per_scene=3, resolution=[128, 96], clip_seconds=2.0)
     out = tmp_path / "int.zarr"
@@ -304,7 +299,7 @@ def test_sigint_driver_then_rerun_equals_uninterrupted(cluster: str, tmp_path: P
         "--device",
         "cpu",
         "--address",
-        cluster,
+        ray_cluster,
         "--no-progress",
     ]
     proc = subprocess.Popen(

@@ -157,6 +157,7 @@ def test_twin_validation_split_leaves_train_and_test_images_alone(tmp_path: Path
 
 
 @pytest.mark.slow
+@pytest.mark.pipeline
 def test_science_pipeline_tiny(tmp_path: Path) -> None:
     """Every stage at a tiny size: outputs exist, the summary has intervals for every
     condition, trend tests for the sweeps, and the controls' known ordering."""
