@@ -13,8 +13,10 @@ Faults: a call that fails because its actor died (SIGKILL, OOM, lost node) resta
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -23,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import ray
 from tqdm import tqdm
 
 from egosynth.config import SceneConfig, SceneSetConfig
@@ -31,6 +32,23 @@ from egosynth.errors import ConfigError, EgosynthError
 from egosynth.plan import ClipPlan, plan_clips
 from egosynth.render.base import Renderer
 from egosynth.render_clip import config_fingerprint, render_clip, store_attrs
+
+
+class _LazyRay:
+    """The `ray` module, imported on first use: `workers=0` renders without it (importing
+    ray costs ~1 s of a small CPU, in every render stage of a pipeline)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(importlib.import_module("ray"), name)
+
+
+ray: Any = _LazyRay()
+
+
+def _ray_initialized() -> bool:
+    """Whether Ray is running in this process, without importing it."""
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
 
 Device = Literal["auto", "gpu", "cpu"]
 RendererFactory = Callable[[SceneConfig, str | None], Renderer]
@@ -120,7 +138,7 @@ class _Worker:
         scene = self.sset.scene_configs[plan.scene_index]
         renderer = self.renderers.pop(scene.name, None)
         if renderer is None:
-            if device is None and ray.is_initialized():  # an actor: the GPU Ray gave it
+            if device is None and _ray_initialized():  # an actor: the GPU Ray gave it
                 device = "cuda" if ray.get_gpu_ids() else None
             renderer = self.factory(scene, device)
         self.renderers[scene.name] = renderer  # most recently used last
@@ -190,7 +208,7 @@ class _Cluster:
 
 def _one_line(exc: BaseException) -> str:
     """The last meaningful line of a (possibly remote) exception."""
-    if isinstance(exc, ray.exceptions.RayTaskError):
+    if _ray_initialized() and isinstance(exc, ray.exceptions.RayTaskError):
         cause = exc.cause if exc.cause is not None else exc
         text = f"{type(cause).__name__}: {cause}"
     else:

@@ -44,6 +44,22 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "fast_path: tests the store's fast path itself (run with the switch on only)"
     )
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist)
+        _compile_kernels_in_background(config)
+
+
+def _compile_kernels_in_background(config: pytest.Config) -> None:
+    """Fill numba's kernel cache while the xdist workers start and collect: in a fresh clone
+    every process that renders NeRF frames first (test workers, the demo's render stage)
+    would otherwise compile the kernels itself, ~16 s of CPU each. Failures are ignored
+    (a core-only install has no numba): tests then compile as they would have."""
+    import subprocess
+
+    code = "from egosynth.render.grid import compile_kernels; compile_kernels()"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    config.add_cleanup(lambda: (proc.kill(), proc.wait()))  # never holds up the exit
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -310,3 +310,24 @@ def _composite(tau: Any) -> tuple[Any, Any]:
     alpha = 1.0 - torch.exp(-tau)
     trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha], 1), 1)
     return trans[:, :-1] * alpha, trans
+
+
+def compile_kernels() -> None:
+    """Compile the CPU kernels (render/march.py, render/hashgrid.py) now, on tiny inputs of
+    the types rendering passes, so that numba's on-disk cache (`cache=True`, __pycache__)
+    holds them. Each process that finds no cache compiles them itself (~16 s of a small CPU);
+    processes started after this (Ray actors, pipeline stages, test workers) load them in a
+    fraction of a second. Cheap when the cache is current."""
+    import torch
+
+    from egosynth.nerf.baked import Baked
+    from egosynth.render.hashgrid import hash_encode
+
+    n = 2
+    bounds = np.array([[-1.0] * 3, [1.0] * 3], np.float32)
+    mask = Baked.pack_mask(np.ones((n, n, n), bool))
+    baked = Baked(np.zeros((n, n, n), np.float32), bounds, mask, np.zeros((n**3, 3), np.uint8), n)
+    grid = BakedGrid(baked, "cpu", kernel="numba")  # colour_table: fill_colour, confidence
+    grid.march(torch.zeros(1, 3), torch.tensor([[1.0, 0.0, 0.0]]), 0.01, 4)  # march_rays
+    x, table = np.zeros((1, 3), np.float32), np.zeros((4, 2), np.float32)
+    hash_encode(x, np.ones(1, np.float32), table, 4, np.empty((1, 2), np.float32))
