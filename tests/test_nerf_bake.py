@@ -19,6 +19,7 @@ pytestmark = pytest.mark.nerf
 
 ROOM = REPO_ROOT / "scene_bundles" / "room_0"
 RES = 40  # a coarse grid: seconds to bake, enough to test the mechanics
+PROBE_VIEWS = 16  # of the default 64: they are most of a coarse bake's time
 
 
 def _copy_bundle(dst: Path) -> Path:
@@ -33,7 +34,7 @@ def baked_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from egosynth.nerf.bake import bake
 
     root = _copy_bundle(tmp_path_factory.mktemp("bake") / "room")
-    bake(root, RES, progress=False)
+    bake(root, RES, progress=False, probe_views=PROBE_VIEWS)
     return root
 
 
