@@ -123,7 +123,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 # pyproject.toml runs xdist with `--dist loadgroup --no-loadscope-reorder`: a group's tests go
 # to one worker, and units are handed out in the order below whenever a worker has at most
 # two tests left. The order is longest first (LPT): the whole-pipeline tests (minutes each)
-# one per worker, then the Ray group, then everything else in file order.
+# one per worker, then the Ray and NeRF groups, then everything else in file order.
 def _module_scoped(item: pytest.Item) -> bool:
     """Whether `item` uses a module- or class-scoped fixture (set up once per worker that runs
     any of its module's tests: such tests stay together)."""
@@ -138,13 +138,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             # One cluster at a time: two local clusters on a 2-core machine can starve each
             # other's raylets past Ray's fixed 30 s registration timeout (local starts retry).
             item.add_marker(pytest.mark.xdist_group("ray"))
+        elif item.get_closest_marker("nerf"):
+            # one worker fits the tiny nerfstudio run (tiny_fit, cached under the worker's
+            # basetemp) and bakes once, for every module that uses them
+            item.add_marker(pytest.mark.xdist_group("nerf"))
         elif _module_scoped(item):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
     def rank(item: pytest.Item) -> int:
         if item.get_closest_marker("pipeline"):
             return 0
-        return 1 if item.get_closest_marker("ray") else 2
+        return 1 if item.get_closest_marker("ray") else 2 if item.get_closest_marker("nerf") else 3
 
     items.sort(key=rank)  # stable: file order within each rank
 
