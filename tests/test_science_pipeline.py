@@ -179,6 +179,7 @@ def test_science_pipeline_tiny(tmp_path: Path) -> None:
         "enc_steps": "2",
         "max_images": "12",
         "render_workers": "0",  # in the stage's process: Ray has its own tests
+        "diag_every": "0",  # the encoders' diagnostics have their own tests (test_train.py)
     }
     results = run_pipeline(SCIENCE, overrides, log=lambda *_: None, jobs=2)
     for r in results:
