@@ -123,7 +123,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 # pyproject.toml runs xdist with `--dist loadgroup --no-loadscope-reorder`: a group's tests go
 # to one worker, and units are handed out in the order below whenever a worker has at most
 # two tests left. The order is longest first (LPT): the whole-pipeline tests (minutes each)
-# one per worker, then the Ray and NeRF groups, then everything else in file order.
+# one per worker, then the Ray and NeRF groups, then the module groups, then single tests.
 def _module_scoped(item: pytest.Item) -> bool:
     """Whether `item` uses a module- or class-scoped fixture (set up once per worker that runs
     any of its module's tests: such tests stay together)."""
@@ -145,12 +145,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         elif _module_scoped(item):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
-    def rank(item: pytest.Item) -> int:
-        if item.get_closest_marker("pipeline"):
-            return 0
-        return 1 if item.get_closest_marker("ray") else 2 if item.get_closest_marker("nerf") else 3
+    def group(item: pytest.Item) -> str | None:
+        mark = item.get_closest_marker("xdist_group")
+        return str(mark.args[0]) if mark else None
 
-    items.sort(key=rank)  # stable: file order within each rank
+    sizes: dict[str | None, int] = {}
+    for item in items:
+        sizes[group(item)] = sizes.get(group(item), 0) + 1
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        if item.get_closest_marker("pipeline"):
+            return (0, 0)
+        if group(item) in ("ray", "nerf"):
+            return (1, 0 if group(item) == "ray" else 1)
+        # then module groups, the larger first (their size stands in for their time), then
+        # single tests in file order: short units last, so the workers finish together
+        return (2, -sizes[group(item)]) if group(item) else (3, 0)
+
+    items.sort(key=rank)  # stable: file order within a rank
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
