@@ -178,6 +178,7 @@ def test_science_pipeline_tiny(tmp_path: Path) -> None:
         "baseline_steps": "2",
         "enc_steps": "2",
         "max_images": "12",
+        "twin_max": "24",
         "render_workers": "0",  # in the stage's process: Ray has its own tests
         "diag_every": "0",  # the encoders' diagnostics have their own tests (test_train.py)
     }
