@@ -208,7 +208,8 @@ class _Cluster:
 
 def _one_line(exc: BaseException) -> str:
     """The last meaningful line of a (possibly remote) exception."""
-    if _ray_initialized() and isinstance(exc, ray.exceptions.RayTaskError):
+    # a RayTaskError exists only where ray was imported: no import just to rule it out
+    if "ray" in sys.modules and isinstance(exc, ray.exceptions.RayTaskError):
         cause = exc.cause if exc.cause is not None else exc
         text = f"{type(cause).__name__}: {cause}"
     else:

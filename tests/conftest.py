@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
@@ -131,36 +132,36 @@ def _module_scoped(item: pytest.Item) -> bool:
     return any(fd[-1].scope in ("module", "class", "package") for fd in defs.values())
 
 
+def _group(item: pytest.Item) -> str | None:
+    """The xdist group `item` runs in, or None (any worker)."""
+    if item.get_closest_marker("ray"):
+        # One cluster at a time: two local clusters on a 2-core machine can starve each
+        # other's raylets past Ray's fixed 30 s registration timeout (local starts retry).
+        return "ray"
+    if item.get_closest_marker("nerf"):
+        # one worker fits the tiny nerfstudio run (tiny_fit, cached under the worker's
+        # basetemp) and bakes once, for every module that uses them
+        return "nerf"
+    return item.module.__name__ if _module_scoped(item) else None
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the groups into the node ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    groups = {id(item): _group(item) for item in items}
     for item in items:
-        if item.get_closest_marker("ray"):
-            # One cluster at a time: two local clusters on a 2-core machine can starve each
-            # other's raylets past Ray's fixed 30 s registration timeout (local starts retry).
-            item.add_marker(pytest.mark.xdist_group("ray"))
-        elif item.get_closest_marker("nerf"):
-            # one worker fits the tiny nerfstudio run (tiny_fit, cached under the worker's
-            # basetemp) and bakes once, for every module that uses them
-            item.add_marker(pytest.mark.xdist_group("nerf"))
-        elif _module_scoped(item):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-
-    def group(item: pytest.Item) -> str | None:
-        mark = item.get_closest_marker("xdist_group")
-        return str(mark.args[0]) if mark else None
-
-    sizes: dict[str | None, int] = {}
-    for item in items:
-        sizes[group(item)] = sizes.get(group(item), 0) + 1
+        if groups[id(item)]:
+            item.add_marker(pytest.mark.xdist_group(groups[id(item)]))
+    sizes = Counter(groups.values())
 
     def rank(item: pytest.Item) -> tuple[int, int]:
+        group = groups[id(item)]
         if item.get_closest_marker("pipeline"):
             return (0, 0)
-        if group(item) in ("ray", "nerf"):
-            return (1, 0 if group(item) == "ray" else 1)
+        if group in ("ray", "nerf"):
+            return (1, 0 if group == "ray" else 1)
         # then module groups, the larger first (their size stands in for their time), then
         # single tests in file order: short units last, so the workers finish together
-        return (2, -sizes[group(item)]) if group(item) else (3, 0)
+        return (2, -sizes[group]) if group else (3, 0)
 
     items.sort(key=rank)  # stable: file order within a rank
 

@@ -365,7 +365,7 @@ def test_a_stopped_render_marks_the_store_interrupted_and_rerun_completes_it(
 def test_a_crash_in_the_driver_marks_the_store_interrupted(tmp_path: Path) -> None:
     """In process (workers=0): the store's finalisation is the driver's, Ray or not; the
     interrupted Ray driver is the SIGTERM case above."""
-    from egosynth.orchestration import render_set as ray_render
+    from egosynth.orchestration import render_set as driver_render
 
     sset = load_scene_set(tiny_set(tmp_path))
     out = tmp_path / "crash.zarr"
@@ -374,10 +374,10 @@ def test_a_crash_in_the_driver_marks_the_store_interrupted(tmp_path: Path) -> No
         raise RuntimeError("the driver crashed")
 
     with pytest.raises(RuntimeError, match="the driver crashed"):
-        ray_render(sset, out, workers=0, progress=False, on_result=crash)
+        driver_render(sset, out, workers=0, progress=False, on_result=crash)
     assert ClipStore(out).attrs["store_status"] == "interrupted"
     store_id = ClipStore(out).attrs["store_id"]
-    rep = ray_render(sset, out, workers=0, progress=False)
+    rep = driver_render(sset, out, workers=0, progress=False)
     assert rep.ok and rep.skipped >= 1 and ClipStore(out).attrs["store_status"] == "complete"
     assert ClipStore(out).attrs["store_id"] == store_id  # resumed, the same store
     assert ClipStore(out).validate() == []
