@@ -23,6 +23,7 @@ from egosynth.data import (
     rank_batch_count,
     shard_batches,
 )
+from egosynth.data.index import used_windows
 from egosynth.data.synthetic import FPS, prepare, write_clip, write_store
 from egosynth.errors import EgosynthError
 
@@ -627,6 +628,96 @@ def test_elastic_resume_reads_every_window_once(
         assert sorted(read) == list(range(n))  # everything once
     else:
         assert n - len(read) < batch_size * new_world
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    world=st.integers(1, 4),
+    built=st.integers(1, 3),
+    new_world=st.integers(1, 6),
+    steps=st.integers(0, 6),
+    drop_last=st.booleans(),
+)
+def test_a_loader_placed_after_it_was_built_reads_every_window_once(
+    store: Path, world: int, built: int, new_world: int, steps: int, drop_last: bool
+) -> None:
+    """Trainers start their process group after the loader is built (Lightning's DDP), so
+    the torch adapter `place`s it before each pass. A state saved on `world` ranks, loaded
+    into loaders built for a stale layout (rank 0 of `built`) which are then placed as rank r
+    of `new_world`: the rest of the epoch is read exactly once."""
+    kw = dict(length=2, stride=1, batch_size=2, seed=4, drop_last=drop_last)
+    ranks = [WindowLoader(store, rank=r, world_size=world, **kw) for r in range(world)]
+    steps = min(steps, min(len(r) for r in ranks))
+    read: list[int] = []
+    for r in ranks:
+        it = iter(r)
+        for _ in range(steps):
+            read += next(it)["window"].tolist()
+    state = ranks[0].state_dict()
+    for r in range(new_world):
+        again = WindowLoader(store, rank=0, world_size=built, **kw)
+        again.load_state_dict(state)
+        again.place(r, new_world)
+        again.set_epoch(state["epoch"])
+        read += [w for b in again for w in b["window"].tolist()]
+    n = len(ranks[0].index)
+    assert len(read) == len(set(read))
+    if not drop_last:
+        assert sorted(read) == list(range(n))
+    else:
+        assert n - len(read) < 2 * max(world, new_world)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    world=st.integers(1, 4),
+    new_world=st.integers(1, 6),
+    steps=st.integers(0, 6),
+    batch_size=st.integers(1, 3),
+    drop_last=st.booleans(),
+)
+def test_a_trainer_that_fixes_the_length_once_reads_every_epoch_whole_after_an_elastic_resume(
+    store: Path, world: int, new_world: int, steps: int, batch_size: int, drop_last: bool
+) -> None:
+    """Lightning's loop, modelled: after loading the state it reads len(loader) ONCE for the
+    whole run, restores its batch count (the saved rank's), and ends an epoch when that count
+    reaches the length or the loader ends. Resumed on another world size, the resumed epoch
+    still reads every window it had left once, and the later epochs are whole."""
+    kw = dict(length=2, stride=1, batch_size=batch_size, seed=6, drop_last=drop_last)
+    ranks = [WindowLoader(store, rank=r, world_size=world, **kw) for r in range(world)]
+    steps = min(steps, min(len(r) for r in ranks) - 1)  # mid-epoch (a trainer saves there)
+    read: list[int] = []
+    for r in ranks:
+        it = iter(r)
+        for _ in range(max(steps, 0)):
+            read += next(it)["window"].tolist()
+    state = ranks[0].state_dict()
+    later: list[int] = []
+    for r in range(new_world):
+        again = WindowLoader(store, rank=r, world_size=new_world, **kw)
+        again.load_state_dict(state)
+        length = len(again)  # fixed for the run
+        for epoch in range(2):
+            count = state["batches_done"] if epoch == 0 else 0
+            for batch in again:
+                count += 1
+                (read if epoch == 0 else later).extend(batch["window"].tolist())
+                if count == length:
+                    break
+    n = len(ranks[0].index)
+    tail = batch_size * max(world, new_world) if drop_last else 1
+    assert len(read) == len(set(read)) and n - len(read) < tail  # the resumed epoch: once
+    ref = WindowLoader(store, **kw)
+    ref.set_epoch(state["epoch"] + 1)
+    used = used_windows(n, batch_size, new_world, drop_last)
+    assert sorted(later) == sorted(ref.order()[:used].tolist())  # the next epoch: whole
+
+
+def test_place_refuses_a_rank_outside_the_world(store: Path) -> None:
+    loader = WindowLoader(store, length=2, stride=1, batch_size=2)
+    with pytest.raises(EgosynthError, match="rank 2 of world_size 2"):
+        loader.place(2, 2)
+    assert (loader.rank, loader.world_size) == (0, 1)
 
 
 def test_a_state_saved_at_the_end_of_an_epoch_resumes_on_other_ranks_at_the_next(

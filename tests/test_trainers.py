@@ -125,3 +125,103 @@ def test_accelerate_prepared_loader_advances_epochs_and_resumes(store: Path) -> 
     again.set_epoch(1)
     rest = [w for b in acc.skip_first_batches(again, k) for w in b["window"].tolist()]
     assert head + rest == orders[1]
+
+
+DDP_SCRIPT = """
+import json, sys
+import pytorch_lightning as pl
+import torch
+from egosynth.data.torch import WindowDataLoader, WindowIterableDataset
+
+STORE, OUT, DEVICES, MAX_STEPS, CKPT = sys.argv[1:6]
+
+
+class Recorder(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.seen = {}
+
+    def training_step(self, batch, batch_idx):
+        self.seen.setdefault(self.current_epoch, []).extend(batch["window"].tolist())
+        return (self.w * batch["rgb"].float().mean()).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    def on_train_end(self):
+        with open(f"{OUT}.{self.global_rank}.json", "w") as f:
+            json.dump(self.seen, f)
+
+
+if __name__ == "__main__":
+    # built at the top of the script, before Lightning starts the process group: the usual way
+    loader = WindowDataLoader(
+        WindowIterableDataset(STORE, length=3, stride=2, batch_size=2, seed=5, drop_last=True,
+                              fields=("rgb",)),
+        num_workers=1, persistent_workers=True,
+    )
+    steps = int(MAX_STEPS)
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=OUT + ".ckpt", every_n_train_steps=max(steps, 1),
+                                        save_top_k=-1)
+    devices = int(DEVICES)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
+        max_epochs=3, max_steps=steps, callbacks=[ckpt], logger=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(Recorder(), loader, ckpt_path=CKPT if CKPT != "-" else None)
+"""
+
+
+def _run_lightning(script: Path, store: Path, out: Path, devices: int, steps: int, ckpt: str):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # nothing inherited from the test run
+        env.pop(var, None)
+    args = [sys.executable, str(script), str(store), str(out), str(devices), str(steps), ckpt]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [
+        {int(e): w for e, w in json.loads(Path(f"{out}.{r}.json").read_text()).items()}
+        for r in range(devices)
+    ]
+
+
+@pytest.mark.slow
+def test_lightning_ddp_ranks_split_each_epoch_and_resume_on_one_device(
+    store: Path, tmp_path: Path
+) -> None:
+    """A real 2-process DDP run (gloo, CPU; `python script.py` as users run it): the loader
+    is built before Lightning starts the process group, yet the two ranks read disjoint
+    halves of each epoch's order, a new order each epoch. Stopped mid-epoch 1 and resumed
+    from Lightning's checkpoint on ONE device (elastic 2 -> 1), the rest of epoch 1 is read
+    exactly once."""
+    pytest.importorskip("pytorch_lightning")
+    script = tmp_path / "train.py"
+    script.write_text(DDP_SCRIPT)
+    ref = WindowLoader(store, **{**KW, "drop_last": True, "fields": ("rgb",)})
+    n, per_rank = len(ref.index), len(WindowLoader(store, **{**KW, "drop_last": True},
+                                                   rank=0, world_size=2))  # fmt: skip
+    orders = _epoch_orders(store, 3)
+    stop = per_rank + 2  # two steps into epoch 1
+    ranks = _run_lightning(script, store, tmp_path / "ddp", 2, stop, "-")
+    used = n // (2 * KW["batch_size"]) * 2 * KW["batch_size"]  # drop_last on 2 ranks
+    epoch0 = ranks[0][0] + ranks[1][0]
+    assert sorted(epoch0) == sorted(orders[0][:used])  # disjoint halves, every window once
+    assert ranks[0][0] != ranks[1][0]
+    head = ranks[0][1] + ranks[1][1]
+    assert len(head) == 2 * 2 * KW["batch_size"]
+    assert sorted(head) == sorted(orders[1][: len(head)])  # epoch 1 began with a new order
+
+    (ckpt,) = (tmp_path / "ddp.ckpt").glob("*.ckpt")
+    (resumed,) = _run_lightning(script, store, tmp_path / "one", 1, -1, str(ckpt))
+    rest = resumed[1]
+    assert not set(rest) & set(head)  # nothing read twice
+    assert rest == orders[1][len(head) : len(head) + len(rest)]  # the order goes on
+    assert n - len(head) - len(rest) < KW["batch_size"]  # only a drop_last tail left out
+    assert sorted(resumed[2]) == sorted(orders[2][: n // KW["batch_size"] * KW["batch_size"]])

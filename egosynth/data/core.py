@@ -66,7 +66,8 @@ from egosynth.data.reader import (
 from egosynth.errors import EgosynthError
 from egosynth.store.schema import FINISHED
 
-STATE_VERSION = 2  # 2 adds "offset" (elastic resume); version 1 states load with offset 0
+STATE_VERSION = 2  # 2 adds "offset" (elastic resume), later "credit" (optional, default 0);
+# version 1 states load with offset 0
 
 
 # --------------------------------------------------------------------------- loader
@@ -159,6 +160,9 @@ class WindowLoader:
             value = getattr(cfg, name)
             if not isinstance(value, int) or value < 1:
                 raise EgosynthError(f"loader: {name} = {value!r}: must be an integer >= 1")
+        # As given (None: from the environment); an adapter may `place` the loader again
+        # once the process knows where it sits (see egosynth.data.torch).
+        self.requested = (rank, world_size)
         env_rank, env_world = env_rank_world()
         self.rank = env_rank if rank is None else rank
         self.world_size = env_world if world_size is None else world_size
@@ -179,6 +183,9 @@ class WindowLoader:
         # Global order positions an earlier layout (another world size) consumed before this
         # segment of the epoch began: the segment is positions [offset, n).
         self.offset = 0
+        # Batches of this epoch an earlier layout read that a trainer counts as this rank's
+        # (elastic resume: Lightning restores its batch count): see __len__.
+        self.credit = 0
         self._epoch_pinned = False  # set_epoch was called since the last pass began
         self._resumed = False  # load_state_dict was called since the last pass began
         if self.live:
@@ -206,14 +213,44 @@ class WindowLoader:
         return self._order[1]
 
     def __len__(self) -> int:
-        """Batches this rank reads in a whole epoch (after an elastic resume: in what is left
-        of it); live mode has no length."""
+        """Batches this rank reads in a whole epoch; live mode has no length.
+
+        In an epoch resumed on another world size, trainers count the batches the old layout
+        read as done, and some fix the length once per run (Lightning reads it after loading
+        the state, then ends every epoch when its count reaches it or the loader ends). So
+        the length is then the larger of a whole epoch's and (the batches counted as done +
+        those left): every epoch, the resumed one included, ends when the loader does.
+        """
         if self.live:
             raise TypeError("a live WindowLoader has no length: clips are still being added")
+        whole = rank_batch_count(
+            len(self.index), self.batch_size, self.rank, self.world_size, self.drop_last
+        )
+        return whole if not self.offset else max(whole, self.credit + self._left())
+
+    def _left(self) -> int:
+        """Batches this rank reads in the current segment of the epoch (positions from
+        `offset` on; the whole epoch unless it was resumed on another world size)."""
         return rank_batch_count(
             len(self.index) - self.offset, self.batch_size, self.rank, self.world_size,
             self.drop_last,
         )  # fmt: skip
+
+    def place(self, rank: int, world_size: int) -> None:
+        """Make this loader rank `rank` of `world_size`, keeping its position.
+
+        For trainers that start their process group after the loader was built (Lightning's
+        DDP runs the user's script in every process, then initialises torch.distributed in
+        `fit`). Ranks step together, so on another world size the loader continues after the
+        order positions the old layout consumed, as an elastic resume does (every window
+        once per epoch).
+        """
+        Shard(rank, world_size)  # validates
+        if world_size != self.world_size and self.batches_done and not self.live:
+            consumed = self.offset + self.batches_done * self.batch_size * self.world_size
+            self.credit += self.batches_done
+            self.offset, self.batches_done = min(consumed, len(self.index)), 0
+        self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch; a resumed position is kept only if it belongs to this epoch.
@@ -224,7 +261,7 @@ class WindowLoader:
         """
         epoch = check_seed("epoch", epoch)
         if epoch != self.epoch:
-            self.epoch, self.batches_done, self.offset = epoch, 0, 0
+            self.epoch, self.batches_done, self.offset, self.credit = epoch, 0, 0, 0
         self._epoch_pinned = True
 
     def begin_pass(self) -> None:
@@ -233,12 +270,13 @@ class WindowLoader:
         # Finished: this rank read all its batches. (Not "the pass ran to its end": trainers
         # such as Lightning stop after len() batches without exhausting the iterator. After a
         # resume, the epoch is finished only once every rank's share is: _all_ranks_done.)
-        if not self.live and len(self) <= self.batches_done:
+        if not self.live and self._left() <= self.batches_done:
             if not self._resumed:  # next epoch, or the named one again from its start
                 self.epoch += 0 if self._epoch_pinned else 1
-                self.batches_done, self.offset = 0, 0
+                self.batches_done, self.offset, self.credit = 0, 0, 0
             elif not self._epoch_pinned and self._all_ranks_done():
                 self.epoch, self.batches_done, self.offset = self.epoch + 1, 0, 0
+                self.credit = 0
             # else: resumed at the end of this rank's share of the named epoch: nothing left
         self._epoch_pinned = self._resumed = False
 
@@ -298,6 +336,7 @@ class WindowLoader:
             "epoch": self.epoch,
             "batches_done": self.batches_done,
             "offset": self.offset,
+            "credit": self.credit,
             "seed": self.seed,
             "batch_size": self.batch_size,
             "rank": self.rank,
@@ -344,18 +383,20 @@ class WindowLoader:
         epoch = check_seed("epoch", state["epoch"])
         done = check_seed("batches_done", state["batches_done"])
         offset = check_seed("offset", state.get("offset", 0))
+        credit = check_seed("credit", state.get("credit", 0))
         world = state.get("world_size")
         if not isinstance(world, int) or world < 1:
             raise EgosynthError(f"loader state: world_size = {world!r}: not a rank count")
         self.epoch, self._epoch_pinned, self._resumed = epoch, False, True
         if world == self.world_size:  # the same layout: every rank resumes where it was
-            self.offset, self.batches_done = offset, done
+            self.offset, self.batches_done, self.credit = offset, done, credit
         else:
             # Elastic: ranks step together, so the saved layout's ranks consumed the first
             # done * batch_size * world order positions of their segment between them; the
             # new layout splits what is left of the epoch (every window once).
             consumed = offset + done * self.batch_size * world
             self.offset, self.batches_done = min(consumed, len(self.index)), 0
+            self.credit = credit + done  # what the trainer counts as read (see __len__)
 
     # ----------------------------------------------------------- live mode
     def _live_batches(self, worker: int, num_workers: int) -> Iterator[dict[str, NDArray]]:

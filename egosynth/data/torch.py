@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from egosynth.data.core import LoaderConfig, WindowLoader
-from egosynth.data.index import epoch_order, used_windows
+from egosynth.data.index import Shard, env_rank_world, epoch_order, used_windows
 from egosynth.errors import EgosynthError
 
 
@@ -39,14 +39,21 @@ def to_torch(batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return out
 
 
-def _dist_rank_world(rank: int | None, world_size: int | None) -> tuple[int | None, int | None]:
-    """Fill rank/world from an initialised torch.distributed group (else the env is used)."""
+def _rank_world(
+    rank: int | None, world_size: int | None, fill_env: bool = False
+) -> dict[str, int | None]:
+    """rank and world_size: as given, else from an initialised torch.distributed group, else
+    (`fill_env`) the environment's (left None otherwise: the loader reads it)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         if rank is None:
             rank = torch.distributed.get_rank()
         if world_size is None:
             world_size = torch.distributed.get_world_size()
-    return rank, world_size
+    if fill_env and (rank is None or world_size is None):
+        env_rank, env_world = env_rank_world()
+        rank = env_rank if rank is None else rank
+        world_size = env_world if world_size is None else world_size
+    return {"rank": rank, "world_size": world_size}
 
 
 class WindowIterableDataset(IterableDataset):
@@ -71,26 +78,40 @@ class WindowIterableDataset(IterableDataset):
         if loader is None:
             if sources is None:
                 raise EgosynthError("WindowIterableDataset: give sources or a WindowLoader")
-            rank, world_size = _dist_rank_world(rank, world_size)
-            loader = WindowLoader(sources, config, rank=rank, world_size=world_size, **settings)
+            loader = WindowLoader(sources, config, **_rank_world(rank, world_size), **settings)
         self.loader = loader
-        # (epoch, offset, batches_done) in shared memory: DataLoader workers hold a copy of
-        # the loader made when they started (persistent workers: once), so each pass tells
-        # them here where it starts.
-        self.position = torch.zeros(3, dtype=torch.int64).share_memory_()
+        # (epoch, offset, batches_done, rank, world_size) in shared memory: DataLoader
+        # workers hold a copy of the loader made when they started (persistent workers:
+        # once), so each pass tells them here where it starts and which rank they serve.
+        self.position = torch.zeros(5, dtype=torch.int64).share_memory_()
+        self.publish_position()
+
+    def place(self) -> None:
+        """Ask again where this process sits: the rank and world size given, else those of
+        torch.distributed's group, else the environment's. Trainers often start the group
+        after the loader was built (Lightning's DDP does, in `fit`), so this runs before
+        every pass and length, not once at construction."""
+        rank, world = self.loader.requested
+        self.loader.place(**_rank_world(rank, world, fill_env=True))
 
     def publish_position(self) -> None:
         """Make the loader's current position the one workers start their next pass at."""
+        if get_worker_info() is None:  # in the main process: place it first
+            self.place()
+        state = self.loader
         self.position[:] = torch.tensor(
-            [self.loader.epoch, self.loader.offset, self.loader.batches_done]
+            [state.epoch, state.offset, state.batches_done, state.rank, state.world_size]
         )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         if info is not None:  # a worker's copy: take the pass's position from the main process
-            epoch, offset, done = (int(v) for v in self.position.tolist())
+            epoch, offset, done, rank, world = (int(v) for v in self.position.tolist())
             self.loader.epoch, self.loader.offset, self.loader.batches_done = epoch, offset, done
+            self.loader.rank, self.loader.world_size = rank, world
+        else:
+            self.place()
         reader = self.loader.reader
         if info is not None and reader.decode_threads is None:
             # Worker processes share the CPUs: split the decode threads between them (this
@@ -100,6 +121,8 @@ class WindowIterableDataset(IterableDataset):
             yield to_torch(batch)
 
     def __len__(self) -> int:
+        if get_worker_info() is None:
+            self.place()
         return len(self.loader)
 
     def set_epoch(self, epoch: int) -> None:
@@ -153,6 +176,7 @@ class WindowDataLoader(DataLoader):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]
         state = self.loader
+        self.dataset.place()
         state.begin_pass()
         self.dataset.publish_position()
         try:
@@ -163,15 +187,17 @@ class WindowDataLoader(DataLoader):
             raise _from_worker(exc) from None
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return len(self.dataset)
 
     def set_epoch(self, epoch: int) -> None:
         self.loader.set_epoch(epoch)
 
     def state_dict(self) -> dict[str, Any]:
+        self.dataset.place()
         return self.loader.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.dataset.place()
         self.loader.load_state_dict(state)
 
 
@@ -225,16 +251,19 @@ class EpochSampler(Sampler[int]):
         world_size: int | None = None,
         drop_last: bool = False,
     ) -> None:
-        from egosynth.data.index import Shard, env_rank_world
-
-        rank, world_size = _dist_rank_world(rank, world_size)
-        env_rank, env_world = env_rank_world()
-        self.rank = env_rank if rank is None else rank
-        self.world_size = env_world if world_size is None else world_size
-        Shard(self.rank, self.world_size)
+        self.requested = (rank, world_size)
+        self.place()  # validates now; asked again before each pass (see `place`)
         self.index = dataset.windows.index
         self.seed, self.shuffle, self.block, self.drop_last = seed, shuffle, block, drop_last
         self.epoch = 0
+
+    def place(self) -> None:
+        """Rank and world size: as given, else torch.distributed's, else the environment's;
+        asked again before each pass (trainers may start the process group after this
+        sampler was built)."""
+        placed = _rank_world(*self.requested, fill_env=True)
+        self.rank, self.world_size = placed["rank"], placed["world_size"]
+        Shard(self.rank, self.world_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -243,8 +272,10 @@ class EpochSampler(Sampler[int]):
         return used_windows(len(self.index), 1, self.world_size, self.drop_last)
 
     def __iter__(self) -> Iterator[int]:
+        self.place()
         order = epoch_order(self.index, self.seed, self.epoch, self.shuffle, self.block)
         return iter(order[self.rank : self._n_used() : self.world_size].tolist())
 
     def __len__(self) -> int:
+        self.place()
         return len(range(self.rank, self._n_used(), self.world_size))
