@@ -102,7 +102,7 @@ class Piece:
         on, off = (statistics.median(self.times[m]) for m in ("on", "off"))
         per = 1e3 / max(self.count, 1)
         return (
-            f"  {self.name:40s} {on * per:9.3f} {off * per:9.3f} ms/{self.unit:6s} {off / on:6.2f}x"
+            f"  {self.name:46s} {on * per:9.3f} {off * per:9.3f} ms/{self.unit:6s} {off / on:6.2f}x"
         )
 
 
@@ -273,7 +273,7 @@ def main() -> None:
         for _ in range(args.repeat):
             for piece in pieces:
                 piece.run_once()
-        print(f"\n  {'piece':40s} {'with it':>9s} {'without':>9s} {'':9s} {'ratio':>6s}")
+        print(f"\n  {'piece':46s} {'with it':>9s} {'without':>9s} {'':9s} {'ratio':>6s}")
         for piece in pieces:
             print(piece.row())
         print(

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from egosynth.buffers import empty_aligned
 from egosynth.data.index import ClipInfo, WindowSpec
 from egosynth.errors import EgosynthError
 from egosynth.store.schema import (
@@ -221,7 +222,7 @@ class WindowReader:
         if self._eye == slice(0, 2):
             self._read_into(info, h, name, start, dst, skip)
             return
-        both = np.empty((len(dst), 2, *dst.shape[2:]), dst.dtype)  # frames hold both eyes
+        both = empty_aligned((len(dst), 2, *dst.shape[2:]), dst.dtype)  # frames: both eyes
         self._read_into(info, h, name, start, both, skip)
         dst[...] = both[:, self._eye]
 
@@ -321,7 +322,7 @@ class WindowReader:
             jobs = []
             for c in missing:
                 lo, hi = c * cf, min((c + 1) * cf, info.n_frames)
-                got[c] = np.empty((hi - lo, *shape[1:]), dtype)
+                got[c] = empty_aligned((hi - lo, *shape[1:]), dtype)
                 jobs.append(partial(self._read_into, info, h, name, lo, got[c]))
             return jobs
 
@@ -401,7 +402,8 @@ class WindowReader:
                 if name in IMAGE_FIELDS:
                     if name not in out:
                         shape, dtype = h.clip.layout(name)
-                        out[name] = np.empty((b, t, e, *shape[2:]), dtype=dtype)
+                        # page-aligned: frame copies avoid a slow memcpy case (buffers.py)
+                        out[name] = empty_aligned((b, t, e, *shape[2:]), dtype)
                     plan = self._plan_image(jobs, info, h, name, rows, starts, spec, out[name])
                     copies.append(plan)
                 else:

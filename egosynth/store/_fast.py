@@ -43,6 +43,7 @@ import numcodecs.blosc
 import numpy as np
 from numpy.typing import NDArray
 
+from egosynth.buffers import empty_aligned
 from egosynth.store._common import write_atomic
 
 # The switch: read here, once, and nowhere else (tests set ENABLED; see tests/conftest.py).
@@ -413,8 +414,8 @@ class Frames:
         """Rows start, start + step, ... below stop along axis 0, into `out` if given
         (C-contiguous, this shape and dtype): each frame is read straight into its row."""
         frames = range(start, stop, step)
-        if out is None:
-            out = np.empty((len(frames), *self.shape[1:]), self.dtype)
+        if out is None:  # page-aligned: the frame copies avoid a slow memcpy case (buffers.py)
+            out = empty_aligned((len(frames), *self.shape[1:]), self.dtype)
         lo = 0
         while lo < len(frames):  # the frames of one shard at a time
             s = frames[lo] // self.shard
