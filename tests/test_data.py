@@ -681,8 +681,9 @@ def test_a_trainer_that_fixes_the_length_once_reads_every_epoch_whole_after_an_e
 ) -> None:
     """Lightning's loop, modelled: after loading the state it reads len(loader) ONCE for the
     whole run, restores its batch count (the saved rank's), and ends an epoch when that count
-    reaches the length (checked before each fetch) or the loader ends. Resumed on another world size, the resumed epoch
-    still reads every window it had left once, and the later epochs are whole."""
+    reaches the length (checked before each fetch) or the loader ends. Resumed on another
+    world size, the resumed epoch still reads every window it had left once, and the later
+    epochs are whole."""
     kw = dict(length=2, stride=1, batch_size=batch_size, seed=6, drop_last=drop_last)
     ranks = [WindowLoader(store, rank=r, world_size=world, **kw) for r in range(world)]
     steps = min(steps, min(len(r) for r in ranks) - 1)  # mid-epoch (a trainer saves there)
