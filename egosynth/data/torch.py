@@ -61,7 +61,8 @@ class WindowIterableDataset(IterableDataset):
 
     Takes a LoaderConfig (and/or its settings by name: length, stride, batch_size, seed, ...)
     and this process's rank / world_size (default: torch.distributed's, else the
-    environment's). Use it with `WindowDataLoader` (or a DataLoader with `batch_size=None`).
+    environment's, asked again before every pass: see `place`). Use it with
+    `WindowDataLoader` (or a DataLoader with `batch_size=None`).
     """
 
     def __init__(
