@@ -80,7 +80,10 @@ def test_tensor_layout_and_values(store: Path) -> None:
     assert torch.equal(inst[:, :, 0, 0, 0], frames.to(torch.int32))
     assert torch.all(rgb[:, :, 0, 2, 0, 0] == 128)
     assert torch.allclose(batch["time"], frames.double() / 10.0)
-    assert isinstance(batch["clip_id"], list) and len(batch["clip_id"]) == 2
+    # every value a tensor (trainers gather and broadcast batches); ids by the clip number
+    assert all(isinstance(v, torch.Tensor) for v in batch.values()), batch.keys()
+    index = ds.loader.index
+    assert ds.clip_ids(batch) == [index.clips[c].clip_id for c in batch["clip"].tolist()]
     # A model sees (N, 3, H, W) frames with a free reshape (memory is channels-last).
     x = rgb.flatten(0, 2).float()
     assert x.shape == (6, 3, 4, 6) and x.is_contiguous(memory_format=torch.channels_last)
@@ -145,3 +148,17 @@ def test_each_pass_is_the_next_epoch_also_with_persistent_workers(
         assert _flat(got) == reference.order().tolist()
     assert passes[0] != passes[1] != passes[2]
     assert loader.state_dict()["epoch"] == 2
+
+
+def test_live_batches_keep_their_clip_ids(store: Path) -> None:
+    """Live mode has no clip numbering (`clip` is -1): its torch batches keep `clip_id`."""
+    ds = WindowIterableDataset(store, length=3, stride=2, batch_size=2, live=True,
+                               poll_s=0.05, idle_timeout_s=5)  # fmt: skip
+    seen = []
+    for batch in WindowDataLoader(ds):
+        assert (batch["clip"] == -1).all()
+        assert ds.clip_ids(batch) == batch["clip_id"]
+        seen += [(c, int(s)) for c, s in zip(batch["clip_id"], batch["start"], strict=True)]
+    ref = WindowLoader(store, length=3, stride=2, batch_size=2, shuffle=False)
+    want = [(i.clip_id, s) for i in ref.index.clips for s in range(0, i.n_frames - 2, 2)]
+    assert sorted(seen) == sorted(want)

@@ -225,3 +225,62 @@ def test_lightning_ddp_ranks_split_each_epoch_and_resume_on_one_device(
     assert rest == orders[1][len(head) : len(head) + len(rest)]  # the order goes on
     assert n - len(head) - len(rest) < KW["batch_size"]  # only a drop_last tail left out
     assert sorted(resumed[2]) == sorted(orders[2][: n // KW["batch_size"] * KW["batch_size"]])
+
+
+ACCELERATE_SCRIPT = """
+import json, sys
+from accelerate import Accelerator
+from egosynth.data.torch import WindowDataLoader, WindowIterableDataset
+
+STORE, OUT = sys.argv[1:3]
+acc = Accelerator(cpu=True)
+# rank=0, world_size=1: process 0 reads every batch, accelerate's dispatcher hands them out
+ds = WindowIterableDataset(STORE, length=3, stride=2, batch_size=2, seed=5, drop_last=True,
+                           fields=("rgb", "instance"), rank=0, world_size=1)
+loader = acc.prepare(WindowDataLoader(ds, num_workers=1))
+seen = {}
+for epoch in range(2):
+    loader.set_epoch(epoch)
+    for batch in loader:
+        seen.setdefault(epoch, []).extend(batch["window"].tolist())
+with open(f"{OUT}.{acc.process_index}.json", "w") as f:
+    json.dump(seen, f)
+"""
+
+
+@pytest.mark.slow
+def test_accelerate_dispatches_each_epoch_once_over_two_processes(
+    store: Path, tmp_path: Path
+) -> None:
+    """`torchrun --nproc-per-node 2` with accelerate's prepared loader (gloo, CPU): batches are
+    all tensors, so accelerate's dispatcher can gather and hand them out; the two processes
+    read disjoint halves of each epoch's order, a new order each epoch."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    pytest.importorskip("accelerate")
+    script = tmp_path / "acc.py"
+    script.write_text(ACCELERATE_SCRIPT)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    with socket.socket() as sock:  # a free port for the rendezvous (0 is not one: it hangs)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                "--master-addr", "127.0.0.1", "--master-port", str(port)]  # fmt: skip
+    out = tmp_path / "seen"
+    proc = subprocess.run([*torchrun, str(script), str(store), str(out)], capture_output=True,
+                          text=True, timeout=120, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads(Path(f"{out}.{r}.json").read_text()) for r in range(2)]
+    orders = _epoch_orders(store, 2)
+    n = len(WindowLoader(store, **KW).index)
+    used = n // KW["batch_size"] * KW["batch_size"]  # drop_last, one reader
+    for epoch in (0, 1):
+        a, b = ranks[0][str(epoch)], ranks[1][str(epoch)]
+        assert not set(a) & set(b) and sorted(a + b) == sorted(orders[epoch][:used])
+    assert ranks[0]["0"] != ranks[0]["1"]

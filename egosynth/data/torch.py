@@ -7,8 +7,11 @@
 * `WindowDataset` + `EpochSampler`: map-style random access to single windows.
 
 Tensor layout is the numpy layout of egosynth.data.core (rgb (B, T, E, 3, H, W) uint8, ...),
-except `instance`, which becomes int32 (torch's uint16 supports few operations), and
-`clip_id`, which is a list of str.
+except `instance`, which becomes int32 (torch's uint16 supports few operations). Every value
+is a tensor: `clip_id` (strings) is left out, so that trainers that gather, concatenate or
+broadcast batches between processes (accelerate's dispatcher does) take them as they are; the
+`clip` tensor names the clip, and `clip_ids(batch)` gives the ids. Only live mode, which has
+no clip numbering, keeps `clip_id` (a list of str).
 """
 
 from __future__ import annotations
@@ -26,17 +29,28 @@ from egosynth.data.index import Shard, env_rank_world, epoch_order, used_windows
 from egosynth.errors import EgosynthError
 
 
-def to_torch(batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """numpy batch -> tensors without copies (strides kept), except uint16 -> int32."""
+def to_torch(batch: Mapping[str, np.ndarray], strings: bool = False) -> dict[str, Any]:
+    """numpy batch -> tensors without copies (strides kept), except uint16 -> int32; string
+    arrays (clip_id) become lists with `strings`, else are left out."""
     out: dict[str, Any] = {}
     for key, value in batch.items():
         if value.dtype.kind == "U":
-            out[key] = value.tolist()
+            if strings:
+                out[key] = value.tolist()
         elif value.dtype == np.uint16:
             out[key] = torch.from_numpy(value.astype(np.int32))
         else:
             out[key] = torch.from_numpy(value)
     return out
+
+
+def _clip_ids(index: Any, batch: Mapping[str, Any]) -> list[str]:
+    """Clip ids of a batch's (or one item's) windows: from `clip_id` where the batch carries
+    it (live mode), else by the `clip` numbers in the loader's index."""
+    if "clip_id" in batch:
+        ids = batch["clip_id"]
+        return [ids] if isinstance(ids, str) else list(ids)
+    return [index.clips[c].clip_id for c in torch.as_tensor(batch["clip"]).reshape(-1).tolist()]
 
 
 def _rank_world(
@@ -119,12 +133,16 @@ class WindowIterableDataset(IterableDataset):
             # is the worker's own copy of the loader).
             reader.decode_threads = max(1, reader.threads() // num_workers)
         for batch in self.loader.batches(worker, num_workers):
-            yield to_torch(batch)
+            yield to_torch(batch, strings=self.loader.live)
 
     def __len__(self) -> int:
         if get_worker_info() is None:
             self.place()
         return len(self.loader)
+
+    def clip_ids(self, batch: Mapping[str, Any]) -> list[str]:
+        """The clip id of each window of `batch` (batches hold the `clip` number only)."""
+        return _clip_ids(self.loader.index, batch)
 
     def set_epoch(self, epoch: int) -> None:
         # published at once: a DataLoader that is not a WindowDataLoader (accelerate rebuilds
@@ -193,6 +211,10 @@ class WindowDataLoader(DataLoader):
     def set_epoch(self, epoch: int) -> None:
         self.loader.set_epoch(epoch)
 
+    def clip_ids(self, batch: Mapping[str, Any]) -> list[str]:
+        """The clip id of each window of `batch` (batches hold the `clip` number only)."""
+        return self.dataset.clip_ids(batch)
+
     def state_dict(self) -> dict[str, Any]:
         self.dataset.place()
         return self.loader.state_dict()
@@ -232,6 +254,10 @@ class WindowDataset(Dataset):
             raise IndexError(f"window {i} out of range [0, {len(self)})")
         batch = self.windows.read_windows(np.array([i % len(self)]))
         return {k: v[0] for k, v in to_torch(batch).items()}
+
+    def clip_ids(self, batch: Mapping[str, Any]) -> list[str]:
+        """The clip id of each window of a collated batch (or of one item)."""
+        return _clip_ids(self.windows.index, batch)
 
 
 class EpochSampler(Sampler[int]):
