@@ -630,7 +630,17 @@ def test_elastic_resume_reads_every_window_once(
         assert n - len(read) < batch_size * new_world
 
 
-@settings(max_examples=25, deadline=None)
+@pytest.fixture(scope="module")
+def order_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The store of the resume-logic property tests below: they test where a loader starts
+    and which windows it takes, not how frames are read, so they run once (not once per
+    store path, as the reading tests do)."""
+    path = tmp_path_factory.mktemp("order") / "s.zarr"
+    write_store(path, LENGTHS, height=4, width=6, chunk_frames=4)
+    return path
+
+
+@settings(max_examples=20, deadline=None)
 @given(
     world=st.integers(1, 4),
     built=st.integers(1, 3),
@@ -639,14 +649,14 @@ def test_elastic_resume_reads_every_window_once(
     drop_last=st.booleans(),
 )
 def test_a_loader_placed_after_it_was_built_reads_every_window_once(
-    store: Path, world: int, built: int, new_world: int, steps: int, drop_last: bool
+    order_store: Path, world: int, built: int, new_world: int, steps: int, drop_last: bool
 ) -> None:
     """Trainers start their process group after the loader is built (Lightning's DDP), so
     the torch adapter `place`s it before each pass. A state saved on `world` ranks, loaded
     into loaders built for a stale layout (rank 0 of `built`) which are then placed as rank r
     of `new_world`: the rest of the epoch is read exactly once."""
     kw = dict(length=2, stride=1, batch_size=2, seed=4, drop_last=drop_last)
-    ranks = [WindowLoader(store, rank=r, world_size=world, **kw) for r in range(world)]
+    ranks = [WindowLoader(order_store, rank=r, world_size=world, **kw) for r in range(world)]
     steps = min(steps, min(len(r) for r in ranks))
     read: list[int] = []
     for r in ranks:
@@ -655,7 +665,7 @@ def test_a_loader_placed_after_it_was_built_reads_every_window_once(
             read += next(it)["window"].tolist()
     state = ranks[0].state_dict()
     for r in range(new_world):
-        again = WindowLoader(store, rank=0, world_size=built, **kw)
+        again = WindowLoader(order_store, rank=0, world_size=built, **kw)
         again.load_state_dict(state)
         again.place(r, new_world)
         again.set_epoch(state["epoch"])
@@ -668,7 +678,7 @@ def test_a_loader_placed_after_it_was_built_reads_every_window_once(
         assert n - len(read) < 2 * max(world, new_world)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
     world=st.integers(1, 4),
     new_world=st.integers(1, 6),
@@ -677,7 +687,7 @@ def test_a_loader_placed_after_it_was_built_reads_every_window_once(
     drop_last=st.booleans(),
 )
 def test_a_trainer_that_fixes_the_length_once_reads_every_epoch_whole_after_an_elastic_resume(
-    store: Path, world: int, new_world: int, steps: int, batch_size: int, drop_last: bool
+    order_store: Path, world: int, new_world: int, steps: int, batch_size: int, drop_last: bool
 ) -> None:
     """Lightning's loop, modelled: after loading the state it reads len(loader) ONCE for the
     whole run, restores its batch count (the saved rank's), and ends an epoch when that count
@@ -685,7 +695,7 @@ def test_a_trainer_that_fixes_the_length_once_reads_every_epoch_whole_after_an_e
     world size, the resumed epoch still reads every window it had left once, and the later
     epochs are whole."""
     kw = dict(length=2, stride=1, batch_size=batch_size, seed=6, drop_last=drop_last)
-    ranks = [WindowLoader(store, rank=r, world_size=world, **kw) for r in range(world)]
+    ranks = [WindowLoader(order_store, rank=r, world_size=world, **kw) for r in range(world)]
     steps = min(steps, min(len(r) for r in ranks) - 1)  # mid-epoch (a trainer saves there)
     read: list[int] = []
     for r in ranks:
@@ -695,7 +705,7 @@ def test_a_trainer_that_fixes_the_length_once_reads_every_epoch_whole_after_an_e
     state = ranks[0].state_dict()
     later: list[int] = []
     for r in range(new_world):
-        again = WindowLoader(store, rank=r, world_size=new_world, **kw)
+        again = WindowLoader(order_store, rank=r, world_size=new_world, **kw)
         again.load_state_dict(state)
         length = len(again)  # fixed for the run
         for epoch in range(2):
@@ -710,14 +720,14 @@ def test_a_trainer_that_fixes_the_length_once_reads_every_epoch_whole_after_an_e
     n = len(ranks[0].index)
     tail = batch_size * max(world, new_world) if drop_last else 1
     assert len(read) == len(set(read)) and n - len(read) < tail  # the resumed epoch: once
-    ref = WindowLoader(store, **kw)
+    ref = WindowLoader(order_store, **kw)
     ref.set_epoch(state["epoch"] + 1)
     used = used_windows(n, batch_size, new_world, drop_last)
     assert sorted(later) == sorted(ref.order()[:used].tolist())  # the next epoch: whole
 
 
-def test_place_refuses_a_rank_outside_the_world(store: Path) -> None:
-    loader = WindowLoader(store, length=2, stride=1, batch_size=2)
+def test_place_refuses_a_rank_outside_the_world(order_store: Path) -> None:
+    loader = WindowLoader(order_store, length=2, stride=1, batch_size=2)
     with pytest.raises(EgosynthError, match="rank 2 of world_size 2"):
         loader.place(2, 2)
     assert (loader.rank, loader.world_size) == (0, 1)

@@ -219,21 +219,23 @@ class WindowLoader:
         read as done, and some fix the length once per run (Lightning reads it after loading
         the state, then ends every epoch when its count reaches it or the loader ends). So
         the length is then the larger of a whole epoch's and (the batches counted as done +
-        those left): every epoch, the resumed one included, ends when the loader does.
+        those left to rank 0, which has the most): every epoch, the resumed one included, ends
+        when the loader does, on every rank (one with nothing left still makes its empty pass
+        rather than skip it and lose the next epoch).
         """
         if self.live:
             raise TypeError("a live WindowLoader has no length: clips are still being added")
         whole = rank_batch_count(
             len(self.index), self.batch_size, self.rank, self.world_size, self.drop_last
         )
-        return whole if not self.offset else max(whole, self.credit + self._left())
+        return whole if not self.offset else max(whole, self.credit + self._left(rank=0))
 
-    def _left(self) -> int:
-        """Batches this rank reads in the current segment of the epoch (positions from
-        `offset` on; the whole epoch unless it was resumed on another world size)."""
+    def _left(self, rank: int | None = None) -> int:
+        """Batches this rank (or `rank`) reads in the current segment of the epoch (positions
+        from `offset` on; the whole epoch unless it was resumed on another world size)."""
         return rank_batch_count(
-            len(self.index) - self.offset, self.batch_size, self.rank, self.world_size,
-            self.drop_last,
+            len(self.index) - self.offset, self.batch_size,
+            self.rank if rank is None else rank, self.world_size, self.drop_last,
         )  # fmt: skip
 
     def place(self, rank: int, world_size: int) -> None:
