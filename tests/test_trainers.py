@@ -174,18 +174,33 @@ if __name__ == "__main__":
 """
 
 
-def _run_lightning(script: Path, store: Path, out: Path, devices: int, steps: int, ckpt: str):
-    import json
+def _run_processes(args: list[str], timeout: float) -> None:
+    """Run a multi-process training script to its end; on a timeout, kill its whole process
+    group (the ranks a launcher started would otherwise outlive the test)."""
     import os
+    import signal
     import subprocess
-    import sys
 
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # nothing inherited from the test run
-        env.pop(var, None)
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)  # nothing inherited from the test run
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)  # fmt: skip
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        pytest.fail(f"{args[1:3]} ran past {timeout} s: {err[-2000:]}")
+    assert proc.returncode == 0, err[-3000:]
+
+
+def _run_lightning(script: Path, store: Path, out: Path, devices: int, steps: int, ckpt: str):
+    import json
+    import sys
+
     args = [sys.executable, str(script), str(store), str(out), str(devices), str(steps), ckpt]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=240, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _run_processes(args, timeout=240)
     return [
         {int(e): w for e, w in json.loads(Path(f"{out}.{r}.json").read_text()).items()}
         for r in range(devices)
@@ -256,26 +271,19 @@ def test_accelerate_dispatches_each_epoch_once_over_two_processes(
     all tensors, so accelerate's dispatcher can gather and hand them out; the two processes
     read disjoint halves of each epoch's order, a new order each epoch."""
     import json
-    import os
     import socket
-    import subprocess
     import sys
 
     pytest.importorskip("accelerate")
     script = tmp_path / "acc.py"
     script.write_text(ACCELERATE_SCRIPT)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
     with socket.socket() as sock:  # a free port for the rendezvous (0 is not one: it hangs)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                 "--master-addr", "127.0.0.1", "--master-port", str(port)]  # fmt: skip
     out = tmp_path / "seen"
-    proc = subprocess.run([*torchrun, str(script), str(store), str(out)], capture_output=True,
-                          text=True, timeout=120, env=env)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _run_processes([*torchrun, str(script), str(store), str(out)], timeout=120)
     ranks = [json.loads(Path(f"{out}.{r}.json").read_text()) for r in range(2)]
     orders = _epoch_orders(store, 2)
     n = len(WindowLoader(store, **KW).index)
