@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
-from egosynth.data.core import LoaderConfig, WindowLoader
+from egosynth.data.core import LoaderConfig, WindowLoader, _prefetched
 from egosynth.data.index import Shard, env_rank_world, epoch_order, used_windows
 from egosynth.errors import EgosynthError
 
@@ -132,8 +132,16 @@ class WindowIterableDataset(IterableDataset):
             # Worker processes share the CPUs: split the decode threads between them (this
             # is the worker's own copy of the loader).
             reader.decode_threads = max(1, reader.threads() // num_workers)
-        for batch in self.loader.batches(worker, num_workers):
-            yield to_torch(batch, strings=self.loader.live)
+        source = self.loader.batches(worker, num_workers)
+        if info is None and self.loader.prefetch:
+            # no workers: read `prefetch` batches ahead in a thread, overlapping the step (the
+            # DataLoader counts batches as it hands them out, so resume is unchanged)
+            source = _prefetched(source, self.loader.prefetch)
+        try:
+            for batch in source:
+                yield to_torch(batch, strings=self.loader.live)
+        finally:
+            source.close()  # stops a prefetch thread now, not at garbage collection
 
     def __len__(self) -> int:
         if get_worker_info() is None:
