@@ -319,9 +319,7 @@ class WindowLoader:
     def __iter__(self) -> Iterator[dict[str, NDArray]]:
         """Single-process iteration over this rank's batches, counting them for resume."""
         self.begin_pass()
-        source = (
-            self.batches() if self.prefetch == 0 else _prefetched(self.batches(), self.prefetch)
-        )
+        source = self.batches() if self.prefetch == 0 else prefetched(self.batches(), self.prefetch)
         try:
             for batch in source:
                 self.batches_done += 1
@@ -494,12 +492,12 @@ class WindowLoader:
 _DONE = object()
 
 
-def _prefetched(batches: Iterator[dict[str, NDArray]], depth: int) -> Iterator[dict[str, NDArray]]:
+def prefetched(batches: Iterator[dict[str, NDArray]], depth: int) -> Iterator[dict[str, NDArray]]:
     """Run `batches` in a background thread, `depth` batches ahead of the consumer.
 
-    For numpy/JAX loops without DataLoader workers: reading (mostly in the store's threads,
-    outside the GIL) overlaps the consumer's step. Order is unchanged. Stopping early (break,
-    garbage collection) stops the thread.
+    For loops without DataLoader workers (numpy, JAX, or torch with none): reading (mostly in
+    the store's threads, outside the GIL) overlaps the consumer's step. Order is unchanged.
+    Stopping early (break, garbage collection) stops the thread.
     """
     q: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
-from egosynth.data.core import LoaderConfig, WindowLoader, _prefetched
+from egosynth.data.core import LoaderConfig, WindowLoader, prefetched
 from egosynth.data.index import Shard, env_rank_world, epoch_order, used_windows
 from egosynth.errors import EgosynthError
 
@@ -136,7 +136,7 @@ class WindowIterableDataset(IterableDataset):
         if info is None and self.loader.prefetch:
             # no workers: read `prefetch` batches ahead in a thread, overlapping the step (the
             # DataLoader counts batches as it hands them out, so resume is unchanged)
-            source = _prefetched(source, self.loader.prefetch)
+            source = prefetched(source, self.loader.prefetch)
         try:
             for batch in source:
                 yield to_torch(batch, strings=self.loader.live)
