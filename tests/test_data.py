@@ -6,6 +6,7 @@ import itertools
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -594,6 +595,22 @@ def test_cache_keeps_an_epoch_that_fits_and_bypasses_otherwise(store: Path) -> N
     assert all(np.array_equal(a, b) for a, b in zip(first, got, strict=True))
 
 
+def _lockstep(
+    store: Path, world: int, steps: int, cap: int = 0, **kw: Any
+) -> tuple[list[int], dict[str, Any], int]:
+    """`world` loaders (ranks 0..world-1) after `steps` batches each, as DDP steps them (at
+    most `cap` batches short of a rank's epoch): the windows read, rank 0's state, and the
+    number of windows of an epoch."""
+    ranks = [WindowLoader(store, rank=r, world_size=world, **kw) for r in range(world)]
+    steps = max(0, min(steps, min(len(r) for r in ranks) - cap))
+    read: list[int] = []
+    for r in ranks:
+        it = iter(r)
+        for _ in range(steps):
+            read += next(it)["window"].tolist()
+    return read, ranks[0].state_dict(), len(ranks[0].index)
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     world=st.integers(1, 4),
@@ -609,20 +626,12 @@ def test_elastic_resume_reads_every_window_once(
     `new_world` ranks: the epoch's windows are read exactly once (drop_last: at most once,
     and only a tail smaller than one batch per rank is left out)."""
     kw = dict(length=2, stride=1, batch_size=batch_size, seed=3, drop_last=drop_last)
-    ranks = [WindowLoader(store, rank=r, world_size=world, **kw) for r in range(world)]
-    steps = min(steps, min(len(r) for r in ranks))
-    read: list[int] = []
-    for r in ranks:
-        it = iter(r)
-        for _ in range(steps):
-            read += next(it)["window"].tolist()
-    state = ranks[0].state_dict()
+    read, state, n = _lockstep(store, world, steps, **kw)
     for r in range(new_world):
         again = WindowLoader(store, rank=r, world_size=new_world, **kw)
         again.load_state_dict(state)
         again.set_epoch(state["epoch"])  # the rest of the saved epoch (nothing if it was done)
         read += [w for b in again for w in b["window"].tolist()]
-    n = len(ranks[0].index)
     assert len(read) == len(set(read))  # nothing twice
     if not drop_last:
         assert sorted(read) == list(range(n))  # everything once
@@ -656,21 +665,13 @@ def test_a_loader_placed_after_it_was_built_reads_every_window_once(
     into loaders built for a stale layout (rank 0 of `built`) which are then placed as rank r
     of `new_world`: the rest of the epoch is read exactly once."""
     kw = dict(length=2, stride=1, batch_size=2, seed=4, drop_last=drop_last)
-    ranks = [WindowLoader(order_store, rank=r, world_size=world, **kw) for r in range(world)]
-    steps = min(steps, min(len(r) for r in ranks))
-    read: list[int] = []
-    for r in ranks:
-        it = iter(r)
-        for _ in range(steps):
-            read += next(it)["window"].tolist()
-    state = ranks[0].state_dict()
+    read, state, n = _lockstep(order_store, world, steps, **kw)
     for r in range(new_world):
         again = WindowLoader(order_store, rank=0, world_size=built, **kw)
         again.load_state_dict(state)
         again.place(r, new_world)
         again.set_epoch(state["epoch"])
         read += [w for b in again for w in b["window"].tolist()]
-    n = len(ranks[0].index)
     assert len(read) == len(set(read))
     if not drop_last:
         assert sorted(read) == list(range(n))
@@ -695,14 +696,7 @@ def test_a_trainer_that_fixes_the_length_once_reads_every_epoch_whole_after_an_e
     world size, the resumed epoch still reads every window it had left once, and the later
     epochs are whole."""
     kw = dict(length=2, stride=1, batch_size=batch_size, seed=6, drop_last=drop_last)
-    ranks = [WindowLoader(order_store, rank=r, world_size=world, **kw) for r in range(world)]
-    steps = min(steps, min(len(r) for r in ranks) - 1)  # mid-epoch (a trainer saves there)
-    read: list[int] = []
-    for r in ranks:
-        it = iter(r)
-        for _ in range(max(steps, 0)):
-            read += next(it)["window"].tolist()
-    state = ranks[0].state_dict()
+    read, state, n = _lockstep(order_store, world, steps, cap=1, **kw)  # saved mid-epoch
     later: list[int] = []
     for r in range(new_world):
         again = WindowLoader(order_store, rank=r, world_size=new_world, **kw)
@@ -717,7 +711,6 @@ def test_a_trainer_that_fixes_the_length_once_reads_every_epoch_whole_after_an_e
                     break
                 count += 1
                 (read if epoch == 0 else later).extend(batch["window"].tolist())
-    n = len(ranks[0].index)
     tail = batch_size * max(world, new_world) if drop_last else 1
     assert len(read) == len(set(read)) and n - len(read) < tail  # the resumed epoch: once
     ref = WindowLoader(order_store, **kw)
