@@ -38,10 +38,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from egosynth.store import _fast
+
+MASKS = ("depth", "instance", "part")
 
 
 @contextmanager
@@ -85,17 +88,28 @@ def render_clips(tmp: Path, clips: int, seconds: float, width: int, height: int)
 
 
 class Piece:
-    """One fast-path piece: the same work with it (`on`) and without it (`off`)."""
+    """One fast-path piece: the same work with it (mode "on") and without it ("off").
 
-    def __init__(self, name: str, unit: str, on: Callable[[], int], off: Callable[[], int]):
-        self.name, self.unit, self.on, self.off = name, unit, on, off
+    `work(mode, prepared)` does the timed work and returns how many units it did; `prepare(mode)`
+    (untimed) makes what it needs first.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        unit: str,
+        work: Callable[[str, Any], int],
+        prepare: Callable[[str], Any] = lambda mode: None,
+    ) -> None:
+        self.name, self.unit, self.work, self.prepare = name, unit, work, prepare
         self.times: dict[str, list[float]] = {"on": [], "off": []}
         self.count = 0
 
     def run_once(self) -> None:
-        for mode, fn in (("on", self.on), ("off", self.off)):
+        for mode in ("on", "off"):
+            prepared = self.prepare(mode)
             t0 = time.perf_counter()
-            self.count = fn()
+            self.count = self.work(mode, prepared)
             self.times[mode].append(time.perf_counter() - t0)
 
     def row(self) -> str:
@@ -110,75 +124,33 @@ def writer_pieces(src, tmp: Path) -> list[Piece]:
     """The writer's two pieces over every clip of the source store `src` (a ClipStore)."""
     from egosynth.store import META_ARRAYS, ClipWriter, prepare_store
 
+    keep = ("scene", "seed", "fps", "rig", "labels")
     clips = []
     for cid in src.clip_ids():
         c = src.clip(cid)
-        data = c.read()
-        clips.append((cid, c.n_frames, c.meta, data, {k: v for k, v in c.attrs.items()}))
-    h, w = clips[0][3]["rgb"].shape[2:4]
-    stores = {}
-    for mode in ("on", "off"):
-        stores[mode] = tmp / f"write_{mode}.zarr"
-        prepare_store(stores[mode], "bench", {})
-    attrs_keep = ("scene", "seed", "fps", "rig", "labels")
+        clips.append((cid, c.n_frames, c.read(), {k: c.attrs[k] for k in keep if k in c.attrs}))
+    h, w = clips[0][2]["rgb"].shape[2:4]
+    stores = {mode: tmp / f"write_{mode}.zarr" for mode in ("on", "off")}
+    for path in stores.values():
+        prepare_store(path, "bench", {})
 
-    def writers(mode: str) -> list:
-        return [
-            ClipWriter(
-                stores[mode],
-                cid,
-                n,
-                h,
-                w,
-                {k: a[k] for k in attrs_keep if k in a},
-                direct=mode == "on",
-            )
-            for cid, n, _, _, a in clips
-        ]
+    def writers(mode: str, _: Any = None) -> list:
+        direct = mode == "on"
+        return [ClipWriter(stores[mode], cid, n, h, w, a, direct=direct) for cid, n, _, a in clips]
 
-    def create(mode: str) -> int:
-        writers(mode)
-        return len(clips)
-
-    # the writes alone, after the constructors (timed above)
-    def writes(mode: str) -> Callable[[], int]:
-        def run() -> int:
-            ws = writers(mode)
-            t0 = time.perf_counter()
-            for wr, (_, n, _, data, _) in zip(ws, clips, strict=True):
-                for s in range(0, n, wr.chunk_frames):
-                    e = s + wr.chunk_frames
-                    wr.write_frames(
-                        s, {k: data[k][s:e] for k in ("rgb", "depth", "instance", "part")}
-                    )
-                wr.write_meta({k: data[k] for k in META_ARRAYS}, data["intrinsics"])
-                wr.complete()
-            run.elapsed = time.perf_counter() - t0  # type: ignore[attr-defined]
-            return len(clips)
-
-        return run
+    def write(mode: str, ws: list) -> int:
+        for wr, (_, n, data, _) in zip(ws, clips, strict=True):
+            for s in range(0, n, wr.chunk_frames):
+                e = s + wr.chunk_frames
+                wr.write_frames(s, {k: data[k][s:e] for k in ("rgb", "depth", "instance", "part")})
+            wr.write_meta({k: data[k] for k in META_ARRAYS}, data["intrinsics"])
+            wr.complete()
+        return len(ws)
 
     return [
-        Piece(
-            "writer: array documents (constructor)",
-            "clip",
-            lambda: create("on"),
-            lambda: create("off"),
-        ),
-        _WritesPiece(writes("on"), writes("off")),
+        Piece("writer: array documents (constructor)", "clip", lambda m, _: len(writers(m))),
+        Piece("writer: chunk files (frames, meta, complete)", "clip", write, writers),
     ]
-
-
-class _WritesPiece(Piece):
-    """The writer's chunk files: times only the writes, not the constructors before them."""
-
-    def __init__(self, on: Callable[[], int], off: Callable[[], int]) -> None:
-        super().__init__("writer: chunk files (frames, meta, complete)", "clip", on, off)
-
-    def run_once(self) -> None:
-        for mode, fn in (("on", self.on), ("off", self.off)):
-            self.count = fn()
-            self.times[mode].append(fn.elapsed)  # type: ignore[attr-defined]
 
 
 def windows(clip, length: int, stride: int) -> list[int]:
@@ -198,8 +170,10 @@ def reader_pieces(path: Path, length: int, stride: int) -> list[Piece]:
                 for name in ("rgb", "depth", "instance", "part"):
                     c.layout(name)
 
-    def read(mode: str, names: tuple[str, ...]) -> Callable[[], int]:
-        def run() -> int:
+    def read(names: tuple[str, ...]) -> Callable[[str, Any], int]:
+        """Every window of `names` through the store's readers with the switch on or off."""
+
+        def work(mode: str, _: Any) -> int:
             n = 0
             with fast_path(mode == "on"):
                 for c in clips[mode]:
@@ -211,31 +185,22 @@ def reader_pieces(path: Path, length: int, stride: int) -> list[Piece]:
                             n += 1
             return n
 
-        return run
+        return work
 
+    rgb = read(("rgb",))
     forgetful = _fast.ShardCache(states=0, maps=0)
 
-    def rgb_without_cache() -> int:
+    def rgb_with_or_without_cache(mode: str, _: Any) -> int:
+        """Raw frames with the fast path on: the process's shard cache ("on") or none."""
+        if mode == "on":
+            return rgb("on", None)
         with shard_cache(forgetful):
-            return read("on", ("rgb",))()
+            return rgb("on", None)
 
-    masks = ("depth", "instance", "part")
     return [
-        Piece(
-            "reader: raw rgb frames (Frames)", "window", read("on", ("rgb",)), read("off", ("rgb",))
-        ),
-        Piece(
-            "reader: shard-state cache (ShardCache)",
-            "window",
-            read("on", ("rgb",)),
-            rgb_without_cache,
-        ),
-        Piece(
-            "reader: Blosc chunks (Direct; 3 arrays)",
-            "window",
-            read("on", masks),
-            read("off", masks),
-        ),
+        Piece("reader: raw rgb frames (Frames)", "window", rgb),
+        Piece("reader: shard-state cache (ShardCache)", "window", rgb_with_or_without_cache),
+        Piece("reader: Blosc chunks (Direct; 3 arrays)", "window", read(MASKS)),
     ]
 
 
