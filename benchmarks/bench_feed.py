@@ -3,7 +3,8 @@
 The same photo clips as bench_loader.py (8 clips x 128 stereo frames, 128x128, raw rgb); the
 step is a small convolution over the first two frames of each window (one torch thread), so
 reading is a large part of each step. Each arm runs its loader over 3 epochs after one warm
-epoch and prints steps/s and the fraction of the time spent waiting for the next batch:
+epoch and prints steps/s and the fraction of the time spent waiting for the next batch, then
+streams 3 more epochs with no step (windows/s: the loader alone):
 
 - 0 workers: WindowDataLoader reading in the training process between steps;
 - 0 workers, prefetch 2: the same, reading two batches ahead in a thread;
@@ -50,7 +51,7 @@ def main() -> None:
             "0 workers, prefetch 2": ({}, 2),
             "2 workers": ({"num_workers": 2, "persistent_workers": True}, 0),
         }
-        print(f"{'loader':>22} {'steps/s':>9} {'data wait':>10}")
+        print(f"{'loader':>22} {'steps/s':>9} {'data wait':>10} {'no step: w/s':>14}")
         for name, (kw, prefetch) in arms.items():
             ds = WindowIterableDataset(store, length=8, stride=4, batch_size=a.batch, seed=0,
                                        fields=("rgb",), prefetch=prefetch)  # fmt: skip
@@ -69,7 +70,10 @@ def main() -> None:
                     busy += t - t1
                     n += 1
             total = wait + busy
-            print(f"{name:>22} {n / total:>9.1f} {100 * wait / total:>9.1f}%")
+            t0 = time.perf_counter()  # the same loader with no step: how fast it streams
+            windows = sum(len(batch["window"]) for _ in range(a.epochs) for batch in loader)
+            alone = windows / (time.perf_counter() - t0)
+            print(f"{name:>22} {n / total:>9.1f} {100 * wait / total:>9.1f}% {alone:>14.0f}")
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
 

@@ -2,7 +2,8 @@
 
 Why: on AMD EPYC (this machine: ERMS/FSRM), glibc's memcpy copies blocks of a few KiB to a few
 MiB with `rep movsb`, which runs ~8x slower when the destination lies 1-31 bytes past the
-source modulo 4096 (a 96 KiB frame: 30-45 us, at those offsets 280-380 us). A raw rgb frame in
+source modulo 4096 (benchmarks/bench_memcpy.py: 8 frames of 96 KiB in ~35 us, ~270-290 us at
+those offsets). A raw rgb frame in
 a shard file starts 4 bytes (its crc32c) further into a page than the frame before, and frame
 sizes are usually whole pages (2*H*W*3 for 128x96, 128x128, 256x192, ...), while numpy's
 buffers from mmap (every allocation over glibc's 32 MiB threshold, and the first large ones)
