@@ -248,11 +248,21 @@ class WindowLoader:
         once per epoch).
         """
         Shard(rank, world_size)  # validates
-        if world_size != self.world_size and self.batches_done and not self.live:
-            consumed = self.offset + self.batches_done * self.batch_size * self.world_size
-            self.credit += self.batches_done
-            self.offset, self.batches_done = min(consumed, len(self.index)), 0
+        if world_size != self.world_size and not self.live:
+            self._carry_over(self.world_size)
         self.rank, self.world_size = rank, world_size
+
+    def _carry_over(self, world: int) -> None:
+        """Re-express the position, reached on `world` ranks, for any other world size.
+
+        Ranks step together, so the old layout's ranks consumed the first
+        batches_done * batch_size * world order positions of their segment between them: the
+        new layout splits what is left of the epoch (every window once), and the trainer's
+        count of those batches becomes `credit` (see __len__).
+        """
+        consumed = self.offset + self.batches_done * self.batch_size * world
+        self.credit += self.batches_done
+        self.offset, self.batches_done = min(consumed, len(self.index)), 0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch; a resumed position is kept only if it belongs to this epoch.
@@ -388,15 +398,10 @@ class WindowLoader:
         if not isinstance(world, int) or world < 1:
             raise EgosynthError(f"loader state: world_size = {world!r}: not a rank count")
         self.epoch, self._epoch_pinned, self._resumed = epoch, False, True
-        if world == self.world_size:  # the same layout: every rank resumes where it was
-            self.offset, self.batches_done, self.credit = offset, done, credit
-        else:
-            # Elastic: ranks step together, so the saved layout's ranks consumed the first
-            # done * batch_size * world order positions of their segment between them; the
-            # new layout splits what is left of the epoch (every window once).
-            consumed = offset + done * self.batch_size * world
-            self.offset, self.batches_done = min(consumed, len(self.index)), 0
-            self.credit = credit + done  # what the trainer counts as read (see __len__)
+        # the same layout: every rank resumes where it was; another: elastic
+        self.offset, self.batches_done, self.credit = offset, done, credit
+        if world != self.world_size:
+            self._carry_over(world)
 
     # ----------------------------------------------------------- live mode
     def _live_batches(self, worker: int, num_workers: int) -> Iterator[dict[str, NDArray]]:
