@@ -168,7 +168,9 @@ def test_science_pipeline_tiny(tmp_path: Path) -> None:
         "set": "scene_configs/sets/demo.yaml",  # mesh renders: no NeRF needed for the plumbing
         "toddler_set": "scene_configs/sets/demo.yaml",
         "clips": "4",
-        "seconds": "4",
+        "seconds": "2",  # 20 frames a clip: 5 windows of 4 (stride 4) per training clip
+        "batch": "16",  # every training window of the 4 training clips, less 4
+        "mono_batch": "20",  # all 20: one eye gives 80 samples for 64-d whitening
         "levels": "0,0.5,1.0",
         "seeds": "0,1",
         "lambdas": "0.3,3",
