@@ -14,6 +14,8 @@ page-aligned destination puts every frame 0-28 bytes *before* its source modulo 
 from __future__ import annotations
 
 import math
+import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -29,3 +31,61 @@ def empty_aligned(shape: tuple[int, ...], dtype: Any) -> NDArray:
     raw = np.empty(nbytes + PAGE, np.uint8)
     start = -raw.ctypes.data % PAGE
     return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+
+class BufferPool:
+    """Page-aligned buffers that are handed out again once nothing outside the pool holds them.
+
+    Why: a fresh batch buffer's pages are zeroed by the kernel on first touch. For the loader's
+    12 MiB batches (16 windows of 8 stereo 128x128 frames) that cost ~25-30 us per 768 KiB
+    window here, a third of what reading the window costs (benchmarks/bench_loader.py), and
+    glibc gives large buffers back to the OS when they are freed, so every batch paid it.
+
+    Why it is safe: every array `take` returns is a view of a pooled numpy array that owns its
+    memory, and so is every view of it (numpy points a view of a view at the owner), a torch
+    tensor made with `torch.from_numpy`, a DLPack or buffer-protocol export: each holds a
+    reference to the owner. An owner referenced by the pool alone is reachable by no one, so
+    its memory can be written again. Code that keeps a raw address without a reference
+    (ctypes pointers) is not covered, as with any recycled buffer.
+    """
+
+    def __init__(self, keep: int = 4) -> None:
+        self.keep = keep  # owners kept per size, in use or free
+        self._owners: dict[int, list[NDArray]] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"keep": self.keep}  # pickled into another process: empty
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["keep"])  # type: ignore[misc]
+
+    def take(self, shape: tuple[int, ...], dtype: Any) -> NDArray:
+        """An uninitialised page-aligned C-contiguous array, as `empty_aligned` gives."""
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        with self._lock:
+            owners = self._owners.setdefault(nbytes, [])
+            owner = next((owners[i] for i in range(len(owners)) if _free(owners, i)), None)
+            if owner is None:
+                owner = np.empty(nbytes + PAGE, np.uint8)
+                if len(owners) < self.keep:  # else handed out unpooled: freed when dropped
+                    owners.append(owner)
+        start = -owner.ctypes.data % PAGE
+        return owner[start : start + nbytes].view(dtype).reshape(shape)
+
+
+
+def _free(owners: list[NDArray], i: int) -> bool:
+    """Whether `owners[i]` is referenced by that list alone."""
+    return _refs(owners, i) <= _ALONE
+
+
+def _refs(owners: list[NDArray], i: int) -> int:
+    return sys.getrefcount(owners[i])
+
+
+# What `_refs` counts for an array a list alone holds, measured the same way rather than
+# assumed (CPython versions count the references of a call's arguments differently).
+_ALONE = _refs([np.empty(0)], 0)

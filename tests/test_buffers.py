@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from egosynth.buffers import PAGE, empty_aligned
+from egosynth.buffers import PAGE, BufferPool, empty_aligned
 
 DTYPES = st.sampled_from([np.uint8, np.uint16, np.float16, np.float32, np.float64, np.int32])
 
@@ -36,3 +36,48 @@ def test_the_loaders_image_batches_start_on_a_page(tmp_path: Path) -> None:
         for batch in loader:
             for name in ("rgb", "depth"):
                 assert batch[name].ctypes.data % PAGE == 0, name  # rgb: a transposed view
+
+
+OPS = st.lists(
+    st.tuples(st.sampled_from(["take", "drop", "tensor", "view"]), st.integers(0, 7)),
+    max_size=40,
+)
+
+
+@given(ops=OPS, keep=st.integers(0, 3))
+def test_a_pool_never_hands_out_memory_someone_still_holds(ops, keep: int) -> None:
+    """Each array taken is stamped with its own number; whatever still holds it (the array,
+    a view of it, a torch tensor made from it) keeps reading that number, whatever is taken
+    after. Dropped arrays' memory is handed out again."""
+    import torch
+
+    pool = BufferPool(keep=keep)
+    held: list[tuple[int, object]] = []  # (stamp, array or view or tensor)
+    stamp = 0
+    for op, i in ops:
+        if op == "take":
+            stamp += 1
+            a = pool.take((3, 5), np.int64)
+            assert a.ctypes.data % PAGE == 0 and a.flags.c_contiguous
+            a[...] = stamp
+            held.append((stamp, a))
+        elif held:
+            k = i % len(held)
+            s, obj = held.pop(k)
+            if op == "tensor":
+                held.append((s, torch.from_numpy(np.asarray(obj)[1:])))  # the array dropped
+            elif op == "view":
+                held.append((s, np.asarray(obj).T[::2]))
+        for s, obj in held:
+            assert (np.asarray(obj) == s).all()
+
+
+def test_a_pool_reuses_the_memory_of_dropped_arrays() -> None:
+    pool = BufferPool(keep=2)
+    a = pool.take((1000,), np.uint8)
+    where = a.ctypes.data
+    b = pool.take((1000,), np.uint8)
+    assert b.ctypes.data != where
+    del a
+    assert pool.take((1000,), np.uint8).ctypes.data == where  # taken and dropped at once
+    assert pool.take((10, 100), np.uint8).ctypes.data == where  # same size, any shape

@@ -617,6 +617,37 @@ def test_raw_frames_are_checked_once_per_version_of_their_file(
 
 
 @pytest.mark.fast_path
+def test_a_steady_files_scope_looks_each_shard_up_once(
+    holey_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import shutil
+
+    path = tmp_path / "h.zarr"
+    shutil.copytree(holey_store, path)
+    shard = path / "clips" / "reversed" / "rgb" / "c" / "0" / "0" / "0" / "0" / "0"
+    stats: list[Path] = []
+    real = os.stat
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: stats.append(Path(p)) or real(p, *a, **k))
+    clip = ClipStore(path).clip("reversed")
+    frame = 2 * 5 * 6 * 3
+    with clip.steady_files():
+        want = clip.read(0, 4, ["rgb"])["rgb"]
+        for s in range(3):
+            clip.read(s, s + 2, ["rgb"])
+        # replaced mid-scope (frame 3 corrupted): the scope keeps the version it looked up
+        data = bytearray(shard.read_bytes())
+        data[frame // 2] ^= 1  # frame 3 lies first in this shard
+        shard.with_name("new").write_bytes(bytes(data))
+        os.replace(shard.with_name("new"), shard)
+        np.testing.assert_array_equal(clip.read(0, 4, ["rgb"])["rgb"], want)
+    assert stats.count(shard) == 1
+    with pytest.raises(EgosynthError, match="checksum mismatch in frame 3 of the shard"):
+        clip.read(0, 4, ["rgb"])  # after the scope: looked up again, the new version checked
+    assert stats.count(shard) == 2
+
+
+@pytest.mark.fast_path
 def test_a_forked_child_starts_with_no_shard_maps(holey_store: Path) -> None:
     import multiprocessing
 

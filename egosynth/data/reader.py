@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from egosynth.buffers import empty_aligned
+from egosynth.buffers import BufferPool, empty_aligned
 from egosynth.data.index import ClipInfo, WindowSpec
 from egosynth.errors import EgosynthError
 from egosynth.store.schema import (
@@ -152,6 +152,9 @@ class WindowReader:
         self._eye = _eye_slice(self.eyes)
         self.cache_bytes = cache_bytes
         self.cache = ChunkCache(cache_bytes)
+        # image batch buffers, reused once the caller drops a batch (buffers.py: fresh pages
+        # cost the kernel's zeroing, a third of a raw window's read)
+        self.buffers = BufferPool()
         self._stores: dict[int, Any] = {}
         self._clips: dict[tuple[int, str], _ClipHandle] = {}
 
@@ -226,6 +229,21 @@ class WindowReader:
         self._read_into(info, h, name, start, both, skip)
         dst[...] = both[:, self._eye]
 
+    def _read_windows(
+        self,
+        info: ClipInfo,
+        h: _ClipHandle,
+        name: str,
+        rows: list[int],
+        starts: list[int],
+        skip: int,
+        dst: NDArray,
+    ) -> None:
+        """Windows of one clip into their batch rows, each chunk file looked up once."""
+        with h.clip.steady_files():
+            for row, s in zip(rows, starts, strict=True):
+                self._read_window(info, h, name, s, skip, dst[row])
+
     def _whole(self, info: ClipInfo, h: _ClipHandle, name: str) -> NDArray:
         """A small array read whole once per clip (poses, time, gaze, intrinsics)."""
         key = (info.source, info.clip_id, name)
@@ -260,8 +278,11 @@ class WindowReader:
         copies each window's frames into `dst`.
         """
         if h.clip.frame_addressable(name):
-            for row, s in zip(rows, starts, strict=True):
-                jobs.append(partial(self._read_window, info, h, name, s, spec.skip, dst[row]))
+            # a few jobs of consecutive windows, each thread taking two or more per batch
+            per = max(1, -(-len(dst) // (2 * self.threads())))
+            for lo in range(0, len(rows), per):
+                group = rows[lo : lo + per], starts[lo : lo + per]
+                jobs.append(partial(self._read_windows, info, h, name, *group, spec.skip, dst))
             return lambda: None
         cf, t = self._chunk_frames(h, name), spec.length
         own = spec.stride >= spec.span and spec.skip == 1 and self._eye == slice(0, 2)
@@ -403,7 +424,7 @@ class WindowReader:
                     if name not in out:
                         shape, dtype = h.clip.layout(name)
                         # page-aligned: frame copies avoid a slow memcpy case (buffers.py)
-                        out[name] = empty_aligned((b, t, e, *shape[2:]), dtype)
+                        out[name] = self.buffers.take((b, t, e, *shape[2:]), dtype)
                     plan = self._plan_image(jobs, info, h, name, rows, starts, spec, out[name])
                     copies.append(plan)
                 else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -202,6 +203,12 @@ class Clip:
         directly: reading any frames then costs those frames alone (one copy each out of the
         page cache), so a reader needs no cache of decoded chunks."""
         return isinstance(self._direct_reader(name), _fast.Frames)
+
+    def steady_files(self) -> AbstractContextManager[None]:
+        """A scope for many reads at once (one batch's windows): within it, this thread looks
+        each raw-frame chunk file up once instead of before every read (a file rewritten
+        meanwhile is seen in the next scope). Costs nothing where reads go through zarr."""
+        return _fast.steady_files()
 
     def layout(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
         """(shape, dtype) of array `name`, from its metadata."""
