@@ -33,7 +33,6 @@ def empty_aligned(shape: tuple[int, ...], dtype: Any) -> NDArray:
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
-
 class BufferPool:
     """Page-aligned buffers that are handed out again once nothing outside the pool holds them.
 
@@ -74,7 +73,6 @@ class BufferPool:
                     owners.append(owner)
         start = -owner.ctypes.data % PAGE
         return owner[start : start + nbytes].view(dtype).reshape(shape)
-
 
 
 def _free(owners: list[NDArray], i: int) -> bool:
