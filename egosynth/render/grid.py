@@ -120,25 +120,28 @@ class BakedGrid:
 
     # ----------------------------------------------------------------- torch tensors (lazy)
     def _t(self, name: str) -> Any:
-        """Tensors of the torch path, built on first use: grid_sample wants (z, y, x) axes."""
+        """A tensor of the torch path, built on its first use (each alone: the numba kernels
+        need only the box and the density volume, and the colour volume costs ~3 s to build
+        on a small CPU)."""
+        if name not in self._torch:
+            self._torch[name] = self._tensor(name)
+        return self._torch[name]
+
+    def _tensor(self, name: str) -> Any:
         import torch
 
-        if not self._torch:
+        def volume(a: NDArray) -> Any:  # grid_sample wants (z, y, x) axes
+            return torch.from_numpy(np.ascontiguousarray(a)).permute(*range(a.ndim - 3), -1, -2, -3)
 
-            def volume(a: NDArray) -> Any:
-                return torch.from_numpy(np.ascontiguousarray(a)).permute(
-                    *range(a.ndim - 3), -1, -2, -3
-                )
-
-            dev = self.device
-            self._torch["volume"] = volume(self.log_density)[None, None].contiguous().to(dev)
+        dev = self.device
+        if name == "volume":
+            return volume(self.log_density)[None, None].contiguous().to(dev)
+        if name == "colour":
             t = self.table.astype(np.float32)
             w = t[..., 3:4]
             chans = np.concatenate([t[..., :3] * w / 255.0, w, (w > 0).astype(np.float32)], -1)
-            self._torch["colour"] = volume(np.moveaxis(chans, -1, 0))[None].contiguous().to(dev)
-            self._torch["lo"] = torch.tensor(self.bounds[0], device=dev)
-            self._torch["hi"] = torch.tensor(self.bounds[1], device=dev)
-        return self._torch[name]
+            return volume(np.moveaxis(chans, -1, 0))[None].contiguous().to(dev)
+        return torch.tensor(self.bounds[("lo", "hi").index(name)], device=dev)
 
     def to_grid(self, points: Any) -> Any:
         """Model-frame points (..., 3) in grid_sample's [-1, 1] coordinates of the grid box."""
