@@ -21,8 +21,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from lightly.loss import NTXentLoss
-from lightly.loss.vicreg_loss import covariance_loss
 from torch import Tensor, nn
 
 from egosynth.errors import EgosynthError
@@ -89,7 +87,7 @@ def sfa_penalties(flat: Tensor) -> dict[str, Tensor]:
     return {
         "mean": flat.mean(0).pow(2).mean(),
         "var": (flat.var(0) - 1.0).pow(2).mean(),
-        "cov": covariance_loss(flat),
+        "cov": _covariance_loss(flat),
     }
 
 
@@ -125,6 +123,14 @@ class SlowLoss(nn.Module):
         return total, parts
 
 
+def _covariance_loss(x: Tensor) -> Tensor:
+    # imported on first use: lightly pulls in timm and wandb (~2 s), which `egosynth train
+    # --help`, configs and checkpoint readers never need
+    from lightly.loss.vicreg_loss import covariance_loss
+
+    return covariance_loss(x)
+
+
 class InfoNCE(nn.Module):
     """InfoNCE between predictions and targets (N, D): row i of each is the positive pair.
 
@@ -135,6 +141,8 @@ class InfoNCE(nn.Module):
 
     def __init__(self, temperature: float = 0.1, gather_distributed: bool = False) -> None:
         super().__init__()
+        from lightly.loss import NTXentLoss  # lightly: ~2 s to import (timm, wandb)
+
         self.loss = NTXentLoss(temperature=temperature, gather_distributed=gather_distributed)
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
