@@ -22,7 +22,7 @@ def test_demo_pipeline_tiny_then_rerun_skips(tmp_path: Path) -> None:
         "steps": "2",
         "baseline_steps": "2",
         "render_workers": "0",  # in the stage's process: Ray has its own tests
-        "twin_max": "24",  # images per twin split: enough for every stage's plumbing
+        "twin_max": "12",  # images per twin split: enough for every stage's plumbing
     }
     results = run_pipeline(DEMO_PIPELINE, overrides, log=lambda *_: None, jobs=2)
     pipe = load_pipeline(DEMO_PIPELINE, overrides)
