@@ -45,7 +45,8 @@ from typing import NoReturn
 BASE = ("egosynth.cli", "numpy", "zarr", "egosynth.store", "egosynth.data")
 _TORCH = ("torch", "torchvision")
 PRELOAD = {
-    "train": (*_TORCH, "egosynth.train.loop", "egosynth.data.torch"),
+    # lightly: what egosynth.train.losses imports when a loss is built (~2 s: timm, wandb)
+    "train": (*_TORCH, "egosynth.train.loop", "egosynth.data.torch", "lightly.loss"),
     "eval": (*_TORCH, "egosynth.eval.baseline", "egosynth.eval.twin", "egosynth.eval.evaluate",
              "egosynth.eval.summary", "scipy.stats"),
 }  # fmt: skip
