@@ -623,15 +623,15 @@ def _lockstep(
     drop_last=st.booleans(),
 )
 def test_elastic_resume_reads_every_window_once(
-    store: Path, world: int, new_world: int, steps: int, batch_size: int, drop_last: bool
+    order_store: Path, world: int, new_world: int, steps: int, batch_size: int, drop_last: bool
 ) -> None:
     """A state saved by rank 0 after `steps` lockstep batches on `world` ranks, resumed on
     `new_world` ranks: the epoch's windows are read exactly once (drop_last: at most once,
     and only a tail smaller than one batch per rank is left out)."""
     kw = dict(length=2, stride=1, batch_size=batch_size, seed=3, drop_last=drop_last)
-    read, state, n = _lockstep(store, world, steps, **kw)
+    read, state, n = _lockstep(order_store, world, steps, **kw)
     for r in range(new_world):
-        again = WindowLoader(store, rank=r, world_size=new_world, **kw)
+        again = WindowLoader(order_store, rank=r, world_size=new_world, **kw)
         again.load_state_dict(state)
         again.set_epoch(state["epoch"])  # the rest of the saved epoch (nothing if it was done)
         read += [w for b in again for w in b["window"].tolist()]
@@ -730,17 +730,17 @@ def test_place_refuses_a_rank_outside_the_world(order_store: Path) -> None:
 
 
 def test_a_state_saved_at_the_end_of_an_epoch_resumes_on_other_ranks_at_the_next(
-    store: Path,
+    order_store: Path,
 ) -> None:
     """Every window of epoch 0 consumed (drop_last: none left for any rank of the new
     layout): the next pass on 3 ranks is epoch 1, not an empty pass that never advances."""
     kw = dict(length=2, stride=1, batch_size=4, seed=3, drop_last=True)
-    first = WindowLoader(store, rank=0, world_size=1, **kw)
+    first = WindowLoader(order_store, rank=0, world_size=1, **kw)
     for _ in first:
         pass
     state = first.state_dict()
     for r in range(3):
-        again = WindowLoader(store, rank=r, world_size=3, **kw)
+        again = WindowLoader(order_store, rank=r, world_size=3, **kw)
         again.load_state_dict(state)
         batches = list(again)
         assert again.epoch == 1 and len(batches) == len(again) > 0
