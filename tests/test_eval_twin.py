@@ -288,3 +288,25 @@ def test_procedural_scenes_record_their_diagnostic_parts() -> None:
     labels = build_mesh(generate_layout(GeneratorConfig(name="d", seed=2), 0)).labels
     assert labels and all(lab.diagnostic_part == DIAGNOSTIC_PART[lab.category] for lab in labels)
     assert all(lab.diagnostic_part in lab.parts.values() for lab in labels)
+
+
+def test_overlay_tiles_blend_as_matplotlib_draws_them(tmp_path: Path) -> None:
+    import matplotlib
+
+    from egosynth.eval.report import _blend, plot_overlays
+
+    base = np.full((4, 6, 3), 0.2)
+    heat = np.arange(24, dtype=float).reshape(4, 6)
+    heat[0, 0] = np.nan
+    out = _blend(base, heat, 0.5)
+    jet = matplotlib.colormaps["jet"]
+    np.testing.assert_allclose(out[3, 5], 0.5 * 0.2 + 0.5 * np.array(jet(1.0)[:3]))  # max -> 1
+    np.testing.assert_allclose(out[0, 1], 0.5 * 0.2 + 0.5 * np.array(jet(0.0)[:3]))  # min -> 0
+    np.testing.assert_allclose(out[0, 0], base[0, 0])  # NaN: the base shows through
+    small = _blend(base, np.array([[0.0, 1.0]]), 1.0)  # resampled: left half low, right high
+    np.testing.assert_allclose(small[:, :3], np.broadcast_to(jet(0.0)[:3], (4, 3, 3)))
+    np.testing.assert_allclose(small[:, 3:], np.broadcast_to(jet(1.0)[:3], (4, 3, 3)))
+    images = np.random.default_rng(0).integers(0, 255, (3, 8, 10, 3)).astype(np.uint8)
+    maps = {"a": np.random.default_rng(1).random((3, 8, 10)), "b": np.ones((2, 4, 5))}
+    path = plot_overlays(tmp_path / "o.png", images, maps["a"], maps, ["x", "y", "z"])
+    assert path.stat().st_size > 1000

@@ -79,32 +79,59 @@ def plot_overlays(
     saliency: dict[str, np.ndarray],
     titles: Sequence[str] | None = None,
 ) -> Path:
-    """Columns = examples; rows = image, human map over the image, each model's saliency."""
+    """Columns = examples; rows = image, human map over the image, each model's saliency.
+
+    Drawn as one mosaic in one axes, the maps blended here as matplotlib would (jet at alpha
+    0.5 over the image; at 0.6 over the image at 40 % for the models): an axes per panel, two
+    images each, took ~1.5 s a figure on a small CPU, several times the mosaic's time.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    k = len(images)
-    rows = 2 + len(saliency)
-    fig, axes = plt.subplots(rows, k, figsize=(1.8 * k, 1.8 * rows), squeeze=False)
+    names = ["image", "human map", *saliency]
+    k, (h, w) = len(images), np.shape(images)[1:3]
+    gap = max(2, h // 32)  # white between panels
+    mosaic = np.ones((len(names) * (h + gap) - gap, max(k * (w + gap) - gap, 1), 3))
+
+    def put(row: int, col: int, tile: np.ndarray) -> None:
+        mosaic[row * (h + gap) : row * (h + gap) + h, col * (w + gap) : col * (w + gap) + w] = tile
+
     for j in range(k):
-        img = np.clip(images[j] / 255.0, 0, 1)
-        axes[0, j].imshow(img)
-        if titles:
-            axes[0, j].set_title(titles[j], fontsize=7)
-        axes[1, j].imshow(img)
-        axes[1, j].imshow(_norm(human[j]), cmap="jet", alpha=0.5)
+        img = np.clip(np.asarray(images[j], np.float64) / 255.0, 0, 1)
+        put(0, j, img)
+        put(1, j, _blend(img, human[j], 0.5))
         for i, maps in enumerate(saliency.values()):
-            axes[2 + i, j].imshow(img * 0.4)
-            if j < len(maps):
-                axes[2 + i, j].imshow(_norm(maps[j]), cmap="jet", alpha=0.6)
-    for i, name in enumerate(["image", "human map", *saliency]):
-        axes[i, 0].set_ylabel(name, fontsize=7)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
+            put(2 + i, j, _blend(img * 0.4, maps[j], 0.6) if j < len(maps) else img * 0.4)
+    fig, ax = plt.subplots(figsize=(1.8 * k, 1.8 * len(names)))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_yticks([r * (h + gap) + h / 2 for r in range(len(names))], names, fontsize=7)
+    ax.set_xticks([c * (w + gap) + w / 2 for c in range(k)] if titles else [])
+    if titles:
+        ax.set_xticklabels(list(titles)[:k], fontsize=7)
+        ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
     return _save(fig, path, dpi=90)
+
+
+def _blend(base: np.ndarray, heat: np.ndarray, alpha: float) -> np.ndarray:
+    """`heat` (normalised, jet) over `base` (H, W, 3) at `alpha`; NaN shows the base, as
+    matplotlib draws its transparent 'bad' colour. A map of another size is resampled to the
+    base's (nearest), as imshow stretches both over one axes."""
+    import matplotlib
+
+    heat = np.asarray(heat, np.float64)
+    h, w = base.shape[:2]
+    if heat.shape != (h, w):
+        rows = np.arange(h) * heat.shape[0] // h
+        cols = np.arange(w) * heat.shape[1] // w
+        heat = heat[rows][:, cols]
+    rgba = matplotlib.colormaps["jet"](_norm(heat))
+    a = alpha * rgba[..., 3:4]
+    return (1 - a) * base + a * rgba[..., :3]
 
 
 def plot_alignment_vs_accuracy(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path | None:
