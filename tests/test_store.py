@@ -660,6 +660,23 @@ def test_a_forked_child_starts_with_no_shard_maps(holey_store: Path) -> None:
         assert pool.apply(_count_shard_maps) == 0
 
 
+@pytest.mark.fast_path
+def test_a_child_forked_inside_a_steady_files_scope_starts_outside_it(holey_store: Path) -> None:
+    import multiprocessing
+
+    clip = ClipStore(holey_store).clip("holes")
+    with clip.steady_files():
+        clip.read(0, 10, ["rgb"])
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            assert pool.apply(_in_a_scope) is False  # the child looks files up afresh
+
+
+def _in_a_scope() -> bool:
+    import egosynth.store._fast as store_mod
+
+    return getattr(store_mod._SCOPE, "found", None) is not None
+
+
 def _count_shard_maps() -> int:
     import egosynth.store._fast as store_mod
 

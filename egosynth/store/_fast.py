@@ -323,10 +323,16 @@ def map_limit() -> int:
 
 
 SHARDS = ShardCache()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=SHARDS.clear)
-
 _SCOPE = threading.local()  # .found: {shard path: (state, map) or None (absent)} in a scope
+
+
+def _after_fork_in_child() -> None:
+    SHARDS.clear()
+    _SCOPE.found = None  # a fork from inside a scope: the child starts outside any
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextmanager
