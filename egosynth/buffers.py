@@ -26,11 +26,22 @@ PAGE = 4096
 
 def empty_aligned(shape: tuple[int, ...], dtype: Any) -> NDArray:
     """`np.empty(shape, dtype)`, C-contiguous, its first byte on a page boundary."""
-    dtype = np.dtype(dtype)
-    nbytes = math.prod(shape) * dtype.itemsize
-    raw = np.empty(nbytes + PAGE, np.uint8)
-    start = -raw.ctypes.data % PAGE
-    return raw[start : start + nbytes].view(dtype).reshape(shape)
+    return _aligned_in(_owner(_nbytes(shape, dtype)), shape, dtype)
+
+
+def _nbytes(shape: tuple[int, ...], dtype: Any) -> int:
+    return math.prod(shape) * np.dtype(dtype).itemsize
+
+
+def _owner(nbytes: int) -> NDArray:
+    """Raw bytes with room for `nbytes` from a page boundary on."""
+    return np.empty(nbytes + PAGE, np.uint8)
+
+
+def _aligned_in(owner: NDArray, shape: tuple[int, ...], dtype: Any) -> NDArray:
+    """The (shape, dtype) view of `owner` that starts on its first page boundary."""
+    start = -owner.ctypes.data % PAGE
+    return owner[start : start + _nbytes(shape, dtype)].view(dtype).reshape(shape)
 
 
 class BufferPool:
@@ -62,17 +73,15 @@ class BufferPool:
 
     def take(self, shape: tuple[int, ...], dtype: Any) -> NDArray:
         """An uninitialised page-aligned C-contiguous array, as `empty_aligned` gives."""
-        dtype = np.dtype(dtype)
-        nbytes = math.prod(shape) * dtype.itemsize
+        nbytes = _nbytes(shape, dtype)
         with self._lock:
             owners = self._owners.setdefault(nbytes, [])
             owner = next((owners[i] for i in range(len(owners)) if _free(owners, i)), None)
             if owner is None:
-                owner = np.empty(nbytes + PAGE, np.uint8)
+                owner = _owner(nbytes)
                 if len(owners) < self.keep:  # else handed out unpooled: freed when dropped
                     owners.append(owner)
-        start = -owner.ctypes.data % PAGE
-        return owner[start : start + nbytes].view(dtype).reshape(shape)
+        return _aligned_in(owner, shape, dtype)
 
 
 def _free(owners: list[NDArray], i: int) -> bool:
